@@ -1,0 +1,13 @@
+"""sklearn-selflabel: self-labelling deep clustering as a scikit-learn estimator."""
+
+from .clusterer import SelfLabelingClusterer
+from .metrics import clustering_accuracy
+from .sinkhorn import SinkhornResult, sinkhorn_equipartition
+
+__all__ = [
+    "SelfLabelingClusterer",
+    "SinkhornResult",
+    "clustering_accuracy",
+    "sinkhorn_equipartition",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""Torch modules: encoders that produce the embedding Φ and the multi-head classifier h."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class MLPEncoder(nn.Module):
+    """Fully connected encoder ``Φ``: ``Linear, BatchNorm, ReLU`` blocks, then a linear embedding.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input features.
+    hidden_layer_sizes : sequence of int
+        Width of each hidden block.
+    embedding_dim : int
+        Size of the embedding returned by ``forward``.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden_layer_sizes: Sequence[int] = (256, 256),
+        embedding_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_features
+        for size in hidden_layer_sizes:
+            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, embedding_dim))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class MultiHeadClassifier(nn.Module):
+    """``n_heads`` independent linear heads ``h_1..h_H`` on a shared embedding.
+
+    The heads are stored as one ``Linear`` layer so that all of them cost a single matmul.
+    ``forward`` returns logits of shape ``(n_heads, batch, n_clusters)``.
+    """
+
+    def __init__(self, embedding_dim: int, n_clusters: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_clusters = n_clusters
+        self.n_heads = n_heads
+        # SeLa puts the heads on rectified, normalised features rather than on the raw embedding.
+        self.norm = nn.Sequential(nn.BatchNorm1d(embedding_dim), nn.ReLU())
+        self.linear = nn.Linear(embedding_dim, n_heads * n_clusters)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(self.norm(embedding))
+        return logits.view(-1, self.n_heads, self.n_clusters).transpose(0, 1)
+
+
+class TabularAugment(nn.Module):
+    """Training views of tabular rows: Gaussian noise and feature masking, in standardised units.
+
+    Active only in training mode, like dropout, so that inference and the label step see clean rows.
+
+    Parameters
+    ----------
+    strength : float
+        Noise standard deviation (in units of each feature's standard deviation); a feature is
+        masked to its mean with probability ``strength / 2``. ``0`` disables the augmentation.
+    """
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        self.strength = strength
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.strength == 0:
+            return x
+        keep = torch.rand_like(x) >= self.strength / 2
+        return x * keep + self.strength * torch.randn_like(x)
+
+
+class SelfLabelNetwork(nn.Module):
+    """The full network ``h ∘ Φ`` with the input standardisation and training views folded in.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        Maps ``(batch, n_features)`` to ``(batch, embedding_dim)``.
+    heads : MultiHeadClassifier
+        Maps the embedding to per-head logits.
+    mean, scale : torch.Tensor of shape (n_features,)
+        Standardisation of the raw input, kept as buffers so that it travels with the weights.
+    augment : nn.Module
+        Makes a random training view of standardised rows; the identity in eval mode.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        heads: MultiHeadClassifier,
+        mean: torch.Tensor,
+        scale: torch.Tensor,
+        augment: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = heads
+        self.augment = augment
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding ``Φ(x)`` of raw input rows (augmented only in training mode)."""
+        return self.encoder(self.augment((x - self.mean) / self.scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head logits, shape ``(n_heads, batch, n_clusters)``."""
+        return self.heads(self.embed(x))

@@ -1,0 +1,375 @@
+"""Behaviour of SelfLabelingClusterer: API, scikit-learn integration, input handling, errors."""
+
+import pickle
+import random
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import adjusted_rand_score
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy
+
+
+def small(**params) -> SelfLabelingClusterer:
+    defaults = dict(
+        n_clusters=3,
+        hidden_layer_sizes=(32,),
+        embedding_dim=8,
+        max_epochs=12,
+        batch_size=32,
+        random_state=0,
+    )
+    return SelfLabelingClusterer(**{**defaults, **params})
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_blobs(n_samples=150, centers=3, n_features=5, random_state=0)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    return small().fit(blobs[0])
+
+
+def test_outputs_have_documented_types_and_shapes(blobs, fitted):
+    X, _ = blobs
+    labels = fitted.predict(X)
+    assert labels.dtype == np.int64 and labels.shape == (150,)
+    assert labels.min() >= 0 and labels.max() < 3
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (150, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(proba.argmax(axis=1), labels)
+    embedding = fitted.transform(X)
+    assert embedding.dtype == np.float32 and embedding.shape == (150, fitted.embedding_dim_)
+    np.testing.assert_array_equal(fitted.labels_, labels)
+    assert fitted.n_iter_ == 12
+    assert fitted.n_features_in_ == 5
+    assert 0 <= fitted.best_head_ < fitted.n_heads
+    assert fitted.best_head_ == np.argmin(fitted.head_losses_)
+
+
+def test_blobs_are_found(blobs, fitted):
+    assert adjusted_rand_score(blobs[1], fitted.labels_) > 0.95
+
+
+def test_fit_predict_and_fit_transform_match_separate_calls(blobs):
+    X, _ = blobs
+    np.testing.assert_array_equal(small().fit_predict(X), small().fit(X).predict(X))
+    np.testing.assert_array_equal(small().fit_transform(X), small().fit(X).transform(X))
+
+
+def test_score_is_normalised_information(blobs, fitted):
+    X, _ = blobs
+    # Training against hard labels makes the network confident, and the score grows with it.
+    longer = small(max_epochs=60).fit(X)
+    assert 0 <= fitted.score(X) < longer.score(X) <= 1.0
+    assert longer.score(X) > 0.6
+    # An untrained-like model that spreads every row evenly has no information.
+    uniform = np.full((10, 3), 1 / 3)
+    from sklearn_selflabel.clusterer import _information
+
+    assert _information(uniform) == pytest.approx(0.0, abs=1e-12)
+    assert _information(np.eye(3)) == pytest.approx(np.log(3))
+
+
+def test_history_records_loss_label_changes_and_cluster_sizes(fitted):
+    history = fitted.net_.history
+    assert len(history) == fitted.n_iter_
+    for key in (
+        "train_loss",
+        "label_step",
+        "labels_changed",
+        "min_cluster_size",
+        "max_cluster_size",
+    ):
+        assert len(history[:, key]) == len(history)
+    steps = [row for row in history if row["label_step"]]
+    assert len(steps) >= 2
+    assert all(0.0 <= row["labels_changed"] <= 1.0 for row in history)
+    assert all(row["sinkhorn_error"] <= fitted.sinkhorn_tol for row in steps)
+    # Before the first label step the labels are a random equal split: sizes 50 each.
+    assert history[0, "min_cluster_size"] <= history[0, "max_cluster_size"]
+
+
+def test_label_schedule_is_dense_early_and_sparse_late():
+    from sklearn_selflabel._callbacks import label_step_epochs
+
+    epochs = label_step_epochs(100, 20)
+    gaps = np.diff(epochs)
+    assert epochs[0] == 0 and epochs[-1] < 99
+    assert gaps[0] <= gaps[-1] and gaps[-1] > 1
+
+
+def test_initial_labels_are_a_random_equal_split():
+    from sklearn_selflabel._callbacks import random_equal_split
+
+    labels = random_equal_split(103, 10, 3, seed=0)
+    assert labels.shape == (3, 103)
+    for head in labels:
+        counts = np.bincount(head, minlength=10)
+        assert counts.max() - counts.min() <= 1
+    assert not np.array_equal(labels[0], labels[1])
+
+
+def test_digits_defaults_never_degenerate_and_beat_chance():
+    X, y = load_digits(return_X_y=True)
+    model = SelfLabelingClusterer(n_clusters=10, random_state=0).fit(X)
+    history = model.net_.history
+    n_per_cluster = len(X) / 10
+    for row in history:
+        if row["label_step"]:
+            assert row["min_cluster_size"] >= 0.5 * n_per_cluster, row
+    assert clustering_accuracy(y, model.labels_) > 0.6
+
+
+def test_same_seed_gives_identical_fits_and_leaves_global_rng_alone(blobs):
+    X, _ = blobs
+    np_state = np.random.get_state()
+    torch_state = torch.get_rng_state()
+    py_state = random.getstate()
+    first = small(random_state=7).fit(X)
+    second = small(random_state=7).fit(X)
+    np.testing.assert_array_equal(first.labels_, second.labels_)
+    np.testing.assert_array_equal(first.transform(X), second.transform(X))
+    after = np.random.get_state()
+    assert np.array_equal(np_state[1], after[1]) and np_state[2] == after[2]
+    assert torch.equal(torch_state, torch.get_rng_state())
+    assert py_state == random.getstate()
+
+
+def test_unseeded_fit_leaves_global_rng_alone(blobs):
+    np_state = np.random.get_state()
+    torch_state = torch.get_rng_state()
+    small(random_state=None, max_epochs=2).fit(blobs[0])
+    assert np.array_equal(np_state[1], np.random.get_state()[1])
+    assert torch.equal(torch_state, torch.get_rng_state())
+
+
+def test_different_seeds_give_different_networks(blobs):
+    X, _ = blobs
+    a = small(random_state=1).fit(X).transform(X)
+    b = small(random_state=2).fit(X).transform(X)
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda X: X.astype(np.float32),
+        lambda X: X.tolist(),
+        lambda X: pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])]),
+    ],
+    ids=["float32", "list", "dataframe"],
+)
+def test_accepts_other_containers_with_the_same_result(blobs, fitted, convert):
+    X, _ = blobs
+    model = small().fit(convert(X))
+    agreement = np.mean(model.labels_ == fitted.labels_)
+    assert agreement > 0.98
+
+
+def test_sparse_input_matches_dense_and_is_densified_batch_by_batch(blobs, monkeypatch):
+    X, _ = blobs
+    X = np.where(np.abs(X) > 2, X, 0.0)
+    dense = small().fit(X)
+    shapes = []
+    original = sp.csr_matrix.toarray
+
+    def recording_toarray(self, *args, **kwargs):
+        shapes.append(self.shape)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sp.csr_matrix, "toarray", recording_toarray)
+    sparse = small().fit(sp.csr_matrix(X))
+    assert shapes and max(rows for rows, _ in shapes) <= sparse.batch_size
+    np.testing.assert_array_equal(sparse.labels_, dense.labels_)
+    np.testing.assert_allclose(
+        sparse.transform(sp.csr_matrix(X)), dense.transform(X), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_dataframe_fit_records_feature_names_and_predicts_on_frames(blobs):
+    X, _ = blobs
+    frame = pd.DataFrame(X, columns=list("abcde"))
+    model = small().fit(frame)
+    np.testing.assert_array_equal(model.feature_names_in_, list("abcde"))
+    np.testing.assert_array_equal(model.predict(frame), model.labels_)
+    with pytest.warns(UserWarning, match="feature names"):
+        model.predict(X)
+
+
+def test_set_output_pandas(blobs):
+    X, _ = blobs
+    model = small().set_output(transform="pandas").fit(X)
+    out = model.transform(X)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == [f"selflabelingclusterer{i}" for i in range(model.embedding_dim_)]
+
+
+def test_in_a_pipeline_with_scaling_and_pca(blobs):
+    X, y = blobs
+    pipe = make_pipeline(StandardScaler(), PCA(n_components=3), small())
+    labels = pipe.fit_predict(X)
+    assert adjusted_rand_score(y, labels) > 0.9
+    np.testing.assert_array_equal(pipe.predict(X), labels)
+    assert pipe.transform(X).shape == (150, 8)
+
+
+@pytest.mark.parametrize("scoring", ["adjusted_rand_score", None])
+def test_grid_search(blobs, scoring):
+    X, y = blobs
+    grid = {"n_clusters": [2, 3], "lr": [1e-3, 3e-3], "embedding_dim": [4, 8]}
+    search = GridSearchCV(small(max_epochs=8), grid, cv=2, scoring=scoring)
+    search.fit(X, y if scoring else None)
+    assert search.best_params_["n_clusters"] == 3
+    assert set(search.cv_results_["params"][0]) == set(grid)
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self, n_features: int, width: int = 16, out: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_features, width), nn.ReLU(), nn.Linear(width, out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_custom_module_and_its_arguments_are_tunable(blobs):
+    X, y = blobs
+    model = small(module=TinyEncoder, module_params={"width": 24, "out": 6}).fit(X)
+    assert model.embedding_dim_ == 6 and model.transform(X).shape == (150, 6)
+    assert isinstance(model.net_.module_.encoder, TinyEncoder)
+    search = GridSearchCV(
+        small(module=TinyEncoder, max_epochs=6),
+        {"module_params": [{"width": 8}, {"width": 32}]},
+        cv=2,
+    ).fit(X)
+    assert search.best_params_["module_params"] in ({"width": 8}, {"width": 32})
+
+
+def test_custom_module_must_be_a_module(blobs):
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        small(module=lambda n_features: "not a module").fit(blobs[0])
+
+
+def test_clone_keeps_parameters_and_drops_fit(fitted):
+    copy = clone(fitted)
+    assert copy.get_params() == fitted.get_params()
+    assert not hasattr(copy, "net_")
+
+
+@pytest.mark.parametrize("how", ["pickle", "joblib"])
+def test_serialisation_round_trip_predicts_identically(blobs, fitted, tmp_path, how):
+    X, _ = blobs
+    if how == "pickle":
+        restored = pickle.loads(pickle.dumps(fitted))
+    else:
+        joblib.dump(fitted, tmp_path / "model.joblib")
+        restored = joblib.load(tmp_path / "model.joblib")
+    np.testing.assert_array_equal(restored.predict(X), fitted.predict(X))
+    np.testing.assert_array_equal(restored.transform(X), fitted.transform(X))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_rejected(blobs, fitted, bad):
+    X = blobs[0].copy()
+    X[3, 1] = bad
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        small().fit(X)
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        fitted.predict(X)
+
+
+def test_wrong_number_of_features_at_predict(blobs, fitted):
+    with pytest.raises(ValueError, match="5 features"):
+        fitted.predict(blobs[0][:, :4])
+
+
+def test_more_clusters_than_samples():
+    with pytest.raises(ValueError, match="n_samples=5 should be >= n_clusters=8"):
+        SelfLabelingClusterer(n_clusters=8).fit(np.random.default_rng(0).normal(size=(5, 3)))
+
+
+@pytest.mark.parametrize("n_samples", [0, 1])
+def test_too_few_samples(n_samples):
+    with pytest.raises(ValueError, match=f"{n_samples} sample"):
+        small(n_clusters=1).fit(np.ones((n_samples, 3)))
+
+
+def test_strings_are_rejected():
+    with pytest.raises(ValueError, match="could not convert string to float"):
+        small().fit([["a", "b"], ["c", "d"], ["e", "f"]])
+
+
+def test_complex_numbers_are_rejected():
+    with pytest.raises(ValueError, match="[Cc]omplex"):
+        small().fit(np.ones((10, 2)) + 1j)
+
+
+def test_predict_before_fit():
+    for method in ("predict", "predict_proba", "transform", "score"):
+        with pytest.raises(NotFittedError):
+            getattr(small(), method)(np.ones((3, 2)))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"n_clusters": 0}, "n_clusters"),
+        ({"lr": -1.0}, "lr"),
+        ({"hidden_layer_sizes": (16, 0)}, "hidden_layer_sizes"),
+        ({"device": "tpu"}, "device"),
+        ({"sinkhorn_lambda": 0}, "sinkhorn_lambda"),
+    ],
+)
+def test_bad_parameters_are_named(blobs, params, match):
+    with pytest.raises(ValueError, match=match):
+        small(**params).fit(blobs[0])
+
+
+def test_divergence_raises_and_keeps_the_previous_fit(blobs):
+    X, _ = blobs
+    model = small().fit(X)
+    before = model.predict(X)
+    net = model.net_
+    with pytest.raises(FloatingPointError, match="Lower the learning rate"):
+        model.set_params(lr=1e20).fit(X)
+    assert model.net_ is net
+    np.testing.assert_array_equal(model.predict(X), before)
+
+
+class InterruptingEncoder(TinyEncoder):
+    """Raises KeyboardInterrupt in the middle of training, as Ctrl-C would."""
+
+    def forward(self, x):
+        if self.training:
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == 7:
+                raise KeyboardInterrupt
+        return super().forward(x)
+
+
+def test_interrupted_fit_does_not_pose_as_fitted(blobs):
+    model = small(module=InterruptingEncoder)
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
+        model.fit(blobs[0])
+    with pytest.raises(NotFittedError):
+        model.predict(blobs[0])
