@@ -32,39 +32,16 @@ class IndexedRows(Dataset):
 
     The target of every row is its own index, so that the loss can look up the row's current
     self-labels (which change at every label step) instead of fixed targets.
-
-    With a ``neighbors`` table, the training view of sample ``i`` is, with probability
-    ``swap_prob``, the row of one of its neighbours drawn at random, while its target stays
-    ``i``: the network learns that neighbours share a label (category-level invariance rather
-    than invariance to noise alone).
     """
 
-    def __init__(
-        self,
-        X,
-        neighbors: np.ndarray | None = None,
-        swap_prob: float = 0.0,
-        rng: np.random.Generator | None = None,
-    ) -> None:
+    def __init__(self, X) -> None:
         self.X = X
-        self.neighbors = neighbors
-        self.swap_prob = swap_prob
-        self.rng = rng
 
     def __len__(self) -> int:
         return self.X.shape[0]
 
-    def _view_indices(self, indices: np.ndarray) -> np.ndarray:
-        if self.neighbors is None or self.swap_prob == 0:
-            return indices
-        n_neighbors = self.neighbors.shape[1]
-        picks = self.neighbors[indices, self.rng.integers(n_neighbors, size=len(indices))]
-        swap = self.rng.random(len(indices)) < self.swap_prob
-        return np.where(swap, picks, indices)
-
     def __getitem__(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = dense_rows(self.X, index=self._view_indices(indices))
-        return torch.from_numpy(rows), torch.from_numpy(indices)
+        return torch.from_numpy(dense_rows(self.X, index=indices)), torch.from_numpy(indices)
 
 
 class ShuffledBatches:

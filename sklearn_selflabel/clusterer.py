@@ -53,7 +53,7 @@ class SelfLabelingClusterer(
     ----------
     n_clusters : int, default=8
         Number of clusters ``K``.
-    n_heads : int, default=3
+    n_heads : int, default=8
         Number of classifier heads, each with its own labels. ``predict`` uses the head with
         the lowest training loss (``best_head_``).
     hidden_layer_sizes : tuple of int, default=(512, 256)
@@ -67,7 +67,7 @@ class SelfLabelingClusterer(
         from a forward pass. ``hidden_layer_sizes`` and ``embedding_dim`` are then ignored.
     module_params : dict or None, default=None
         Keyword arguments for ``module``. Tune them with ``GridSearchCV`` by listing dicts.
-    max_epochs : int, default=60
+    max_epochs : int, default=120
         Number of training epochs (passes over the data).
     batch_size : int, default=256
         Mini-batch size for training and the batch size of inference.
@@ -83,7 +83,7 @@ class SelfLabelingClusterer(
         ``n_samples``).
     sinkhorn_max_iter : int, default=1000
         Iteration cap of each label step.
-    n_label_steps : int, default=30
+    n_label_steps : int, default=60
         Number of label steps, placed after epoch ``(max_epochs - 1) * (i / n_label_steps)**2``
         for ``i = 0 .. n_label_steps - 1`` (coinciding epochs merge).
     augment_strength : float, default=0.5
@@ -176,19 +176,19 @@ class SelfLabelingClusterer(
         self,
         n_clusters: int = 8,
         *,
-        n_heads: int = 3,
+        n_heads: int = 8,
         hidden_layer_sizes: tuple[int, ...] = (512, 256),
         embedding_dim: int = 64,
         module: type[nn.Module] | None = None,
         module_params: dict | None = None,
-        max_epochs: int = 60,
+        max_epochs: int = 120,
         batch_size: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         sinkhorn_lambda: float = 25.0,
         sinkhorn_tol: float = 1e-3,
         sinkhorn_max_iter: int = 1000,
-        n_label_steps: int = 30,
+        n_label_steps: int = 60,
         augment_strength: float = 0.5,
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
@@ -384,8 +384,11 @@ class SelfLabelingClusterer(
 
         ``I(x; y) / log K`` with ``I(x; y) = H(mean_i p(y|x_i)) - mean_i H(p(y|x_i))``, the
         quantity that self-labelling maximises: 1 for confident predictions spread evenly over
-        all ``K`` clusters, 0 when every row gets the same distribution. Higher is better, and
-        the normalisation makes fits with different ``n_clusters`` comparable.
+        all ``K`` clusters, 0 when every row gets the same distribution. Higher is better. It
+        ranks fits of the same ``n_clusters`` by how confidently and evenly they separate the
+        data; across different ``n_clusters`` it tends to favour fewer clusters (they become
+        confident sooner), so choose ``n_clusters`` with a scoring of your own, e.g. labels or
+        ``silhouette_score``.
 
         Parameters
         ----------

@@ -236,8 +236,15 @@ def test_grid_search(blobs, scoring):
     grid = {"n_clusters": [2, 3], "lr": [1e-3, 3e-3], "embedding_dim": [4, 8]}
     search = GridSearchCV(small(max_epochs=8), grid, cv=2, scoring=scoring)
     search.fit(X, y if scoring else None)
-    assert search.best_params_["n_clusters"] == 3
     assert set(search.cv_results_["params"][0]) == set(grid)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(scores)) and search.best_score_ == scores.max()
+    assert search.best_estimator_.n_iter_ == 8
+    if scoring:
+        assert search.best_params_["n_clusters"] == 3
+    else:
+        # Without scoring, GridSearchCV ranks by score(): the normalised information.
+        assert np.ptp(scores) > 0 and np.all((0 <= scores) & (scores <= 1))
 
 
 class TinyEncoder(nn.Module):
