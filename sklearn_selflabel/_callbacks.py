@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 
 import numpy as np
@@ -37,8 +38,8 @@ class LabelStep(Callback):
     started from the previous step's scalings, and ``argmax Q`` becomes the new label table.
     Every epoch records in the history: ``label_step`` (bool), ``labels_changed`` (fraction of
     (head, row) labels that changed, 0 without a step), ``min_cluster_size`` and
-    ``max_cluster_size`` (over all heads), and at a step ``sinkhorn_n_iter`` and
-    ``sinkhorn_error``.
+    ``max_cluster_size`` (over all heads), and at a step ``sinkhorn_n_iter``,
+    ``sinkhorn_error`` and ``label_step_seconds`` (the whole step: forward pass and solver).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class LabelStep(Callback):
         epoch = len(net.history) - 1
         changed = 0.0
         if epoch in self.epochs:
+            start = time.perf_counter()
             logits = net.evaluate_rows(dataset_train.X, self.batch_size)
             result = sinkhorn_equipartition(
                 logits,
@@ -82,6 +84,7 @@ class LabelStep(Callback):
             self.solver_state_ = result.state
             changed = (result.labels != net.label_table_).float().mean().item()
             net.label_table_ = result.labels
+            net.history.record("label_step_seconds", time.perf_counter() - start)
             net.history.record("sinkhorn_n_iter", result.n_iter)
             net.history.record("sinkhorn_error", result.marginal_error)
         sizes = torch.stack(
