@@ -7,7 +7,17 @@ entropy-regularised optimal-transport problem between samples and clusters:
     s.t.   Q 1 = 1 / N,   Q^T 1 = w,
 
 whose solution is ``Q = diag(a) P**lamb diag(b)`` with ``P = softmax(logits)``.
-It is found with Sinkhorn-Knopp matrix scaling (Cuturi, 2013).
+It is found with Sinkhorn-Knopp matrix scaling (Cuturi, 2013), organised for
+speed and memory on large N:
+
+* the kernel ``exp(lamb * (logits - rowmax))`` is built once in the input's
+  dtype; each sweep updates the row scaling and reduces the columns block by
+  block, so the kernel is read from memory once per iteration;
+* the sweeps are a fixed-point iteration on the K column potentials, which is
+  extrapolated with safeguarded Anderson acceleration (Walker & Ni, 2011);
+* column scalings are absorbed into the kernel before they can overflow, and a
+  cluster whose kernel column underflowed gets its mass from an exact
+  log-domain pass (Schmitzer, 2019).
 """
 
 from __future__ import annotations
@@ -15,21 +25,35 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 __all__ = ["SinkhornResult", "sinkhorn_equipartition"]
 
+_T = TypeVar("_T")
+
 # Row chunks this large stay in L2 cache between the two matvecs of a fused
 # Sinkhorn sweep, so the kernel is streamed from memory once per iteration.
 _CHUNK_BYTES = 1 << 20
 # Column scalings are kept within exp(+-limit) and then absorbed into the
 # kernel, so that float32 row sums and their reciprocals never overflow.
-_ABSORB_LOG = {torch.float32: 30.0, torch.float64: 200.0}
+_ABSORB_LOG = {torch.float32: 35.0, torch.float64: 250.0}
+# Log-kernel entries are clamped to just above the smallest normal number:
+# exp() of and arithmetic on subnormals is ~10x slower, and the floor is
+# negligible (relative to any row sum, at most exp(floor + 2 * limit) ~ 1e-7).
+_LOG_FLOOR = {torch.float32: -86.0, torch.float64: -706.0}
+# A cluster mass within this factor of what the floor alone could produce is
+# recomputed exactly in the log domain.
+_FLOOR_MARGIN = 1e6
+# Spread of the column potential above which float32 scores lose more than
+# ~1e-5 and are computed in float64.
+_F32_POT_SPREAD = 200.0
 # Anderson acceleration: number of past iterates mixed, error growth factor
 # that rejects an extrapolated iterate, and rejections before falling back to
 # plain Sinkhorn for good.
@@ -51,10 +75,13 @@ class SinkhornResult:
     converged : bool
         Whether ``marginal_error <= tol`` was reached (for every head).
     marginal_error : float
-        ``max_j |m_j - w_j| / w_j`` where ``m`` are the cluster masses of Q with
-        its rows normalised exactly; maximum over heads.
+        ``max_j |m_j - w_j| / w_j`` where ``m`` are the cluster masses of the
+        returned Q (rows normalised exactly, so it does not depend on N);
+        maximum over heads.
     state : ndarray or Tensor of float64, shape (n_clusters,) or (n_heads, n_clusters)
-        Log column scalings, to be passed back as ``init`` for a warm start.
+        Log column scalings ``log b`` (centred: a constant is absorbed by the
+        rows), to be passed back as ``init`` for a warm start. A tensor on the
+        input's device for torch input.
     q : ndarray or Tensor or None
         Soft assignment Q (summing to one per head) if ``return_q`` was set.
     log : ndarray of float64, shape (n_iter,)
@@ -113,12 +140,25 @@ def sinkhorn_equipartition(
     ValueError
         On non-finite, empty or wrongly shaped input, or invalid parameters.
 
+    Notes
+    -----
+    Labels need no Q: ``argmax_j Q_ij = argmax_j (lamb * logits_ij + log b_j)``.
+
+    Besides the outputs, memory use is one kernel buffer the size of one head's
+    logits (in their dtype) plus O(n_samples + cache-sized blocks); numpy
+    input is not copied unless it is non-contiguous or not float32/float64.
+    On CPU, row blocks are shared among ``torch.get_num_threads()`` threads.
+
     References
     ----------
     .. [1] M. Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal
        Transport", NeurIPS 2013.
     .. [2] Y. M. Asano, C. Rupprecht, A. Vedaldi, "Self-labelling via
        simultaneous clustering and representation learning", ICLR 2020.
+    .. [3] H. F. Walker, P. Ni, "Anderson Acceleration for Fixed-Point
+       Iterations", SIAM J. Numer. Anal. 49(4), 2011.
+    .. [4] B. Schmitzer, "Stabilized Sparse Scaling Algorithms for Entropy
+       Regularized Transport Problems", SIAM J. Sci. Comput. 41(3), 2019.
 
     Examples
     --------
@@ -145,30 +185,34 @@ def sinkhorn_equipartition(
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     batched = x.ndim == 3
     heads = x if batched else x.unsqueeze(0)
-    n_heads, _, n_clusters = heads.shape
+    n_heads, n_samples, n_clusters = heads.shape
     log_w = _check_weights(cluster_weights, n_clusters)
     init_arr = _check_init(init, n_heads, n_clusters, batched)
 
-    with ThreadPoolExecutor(_n_workers(x)) as pool:
-        outs = [
-            _solve_head(
-                head,
-                lamb,
-                log_w,
-                tol,
-                int(max_iter),
-                None if init_arr is None else init_arr[h],
-                return_q,
-                pool if _n_workers(x) > 1 else None,
+    labels: torch.Tensor | None = None
+    q: torch.Tensor | None = None
+    outs = []
+    n_workers = torch.get_num_threads() if x.device.type == "cpu" else 1
+    with ThreadPoolExecutor(n_workers) as pool:
+        passes = _RowPasses(heads[0], pool if n_workers > 1 else None, n_workers)
+        for h in range(n_heads):
+            head_init = None if init_arr is None else init_arr[h]
+            errors, pot, converged = _iterate(
+                heads[h], lamb, log_w, tol, int(max_iter), head_init, passes
             )
-            for h, head in enumerate(heads)
-        ]
-    n_iter = max(o.n_iter for o in outs)
-    # Pad finished heads with their final error so the log reads "max over heads".
-    log = np.max([np.pad(o.log, (0, n_iter - o.n_iter), mode="edge") for o in outs], axis=0)
-    labels = torch.stack([o.labels for o in outs])
-    state = np.stack([o.state for o in outs])
-    q = torch.stack([o.q for o in outs]) if return_q else None
+            if labels is None:
+                # Allocated only now that the first head's kernel buffer has been freed.
+                labels = torch.empty((n_heads, n_samples), dtype=torch.int64, device=x.device)
+                q = torch.empty_like(heads) if return_q else None
+            _assign(heads[h], lamb, pot, passes, labels[h], None if q is None else q[h])
+            outs.append((errors, pot - pot.mean(), converged))
+    n_iter = max(len(errors) for errors, _, _ in outs)
+    # Pad finished heads with their final error so that the log reads "max over heads".
+    log = np.max(
+        [np.pad(errors, (0, n_iter - len(errors)), mode="edge") for errors, _, _ in outs], axis=0
+    )
+    state = np.stack([state for _, state, _ in outs])
+    assert labels is not None  # n_heads >= 1
     if not batched:
         labels, state = labels[0], state[0]
         q = None if q is None else q[0]
@@ -180,91 +224,106 @@ def sinkhorn_equipartition(
     return SinkhornResult(
         labels=labels,
         n_iter=n_iter,
-        converged=all(o.converged for o in outs),
-        marginal_error=max(o.marginal_error for o in outs),
+        converged=all(converged for _, _, converged in outs),
+        marginal_error=float(log[-1]),
         state=state,
         q=q,
         log=log,
     )
 
 
-@dataclass(frozen=True)
-class _HeadResult:
-    labels: torch.Tensor
-    n_iter: int
-    converged: bool
-    marginal_error: float
-    state: np.ndarray
-    q: torch.Tensor | None
-    log: np.ndarray
+class _RowPasses:
+    """Runs a function over row blocks of (n_samples, n_clusters) matrices.
+
+    Blocks are small enough to stay in cache. On CPU the blocks are split into
+    one contiguous group per worker thread (torch releases the GIL): torch's own
+    OpenMP threading of block-sized ops is slow, and stalls badly when another
+    process occupies a core.
+    """
+
+    def __init__(self, like: torch.Tensor, pool: ThreadPoolExecutor | None, n_workers: int):
+        n_rows, n_cols = like.shape
+        if like.device.type == "cpu":
+            step = max(1, _CHUNK_BYTES // (n_cols * like.element_size()))
+        else:
+            # On accelerators launch overhead dominates: use whole-matrix ops.
+            step = n_rows
+        blocks = [(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
+        n_groups = min(len(blocks), n_workers)
+        bounds = np.linspace(0, len(blocks), n_groups + 1).astype(int)
+        self.groups = [blocks[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.pool = pool if n_groups > 1 else None
+
+    def map(self, fn: Callable[[list[tuple[int, int]]], _T]) -> list[_T]:
+        """``fn(blocks)`` for each group of ``(lo, hi)`` row blocks."""
+        if self.pool is None:
+            return [fn(group) for group in self.groups]
+        return list(self.pool.map(fn, self.groups))
 
 
-def _solve_head(
+def _assign(
+    logits: torch.Tensor,
+    lamb: float,
+    pot: np.ndarray,
+    passes: _RowPasses,
+    labels: torch.Tensor,
+    q: torch.Tensor | None,
+) -> None:
+    """Write ``argmax_j Q_ij`` into ``labels`` (and Q, rows summing to 1/N, into ``q``)."""
+    pot_t = _score_pot(pot, logits)
+    n_samples = logits.shape[0]
+
+    def assign(blocks: list[tuple[int, int]]) -> None:
+        for lo, hi in blocks:
+            z = _scores(logits[lo:hi], lamb, pot_t)
+            labels[lo:hi] = z.argmax(dim=1)
+            if q is not None:
+                q[lo:hi] = torch.softmax(z, dim=1).div_(n_samples)
+
+    passes.map(assign)
+
+
+def _iterate(
     logits: torch.Tensor,
     lamb: float,
     log_w: np.ndarray,
     tol: float,
     max_iter: int,
     init: np.ndarray | None,
-    return_q: bool,
-    pool: ThreadPoolExecutor | None,
-) -> _HeadResult:
+    passes: _RowPasses,
+) -> tuple[list[float], np.ndarray, bool]:
+    """Sinkhorn sweeps on the column potential; return (errors, potential, converged)."""
     n_samples = logits.shape[0]
-    chunks = _row_chunks(logits)
-    n_groups = min(len(chunks), _n_workers(logits) if pool is not None else 1)
-    bounds = np.linspace(0, len(chunks), n_groups + 1).astype(int)
-    groups = [chunks[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
     limit = _ABSORB_LOG[logits.dtype]
     # x: log column scaling (the dual potential); g: the part absorbed into the kernel.
     x = np.zeros_like(log_w) if init is None else init - init.mean()
     g = x.copy()
     kernel = torch.empty_like(logits)
-    _fill_kernel(kernel, logits, lamb, g, chunks, check=True)
-    accel = _Anderson(_AA_MEMORY)
+    _fill_kernel(kernel, logits, lamb, g, passes, check=True)
+    accel = _Anderson()
     errors: list[float] = []
-    converged = False
     for _ in range(max_iter):
         shift = x - g
-        shift -= shift.mean()
-        if np.abs(shift).max() > limit:
+        shift -= (shift.max() + shift.min()) / 2
+        if shift.max() > limit:
             g = x.copy()
-            _fill_kernel(kernel, logits, lamb, g, chunks)
+            _fill_kernel(kernel, logits, lamb, g, passes)
             shift[:] = 0.0
         c = torch.from_numpy(np.exp(shift)).to(device=logits.device, dtype=logits.dtype)
-        col = _sweep(kernel, c, groups, pool)
-        mass = c.double().cpu().numpy() * col / n_samples
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_mass = np.log(mass)
-        if not np.isfinite(log_mass).all():
-            # Whole columns of the kernel underflowed: recompute exactly in the log domain.
-            log_mass = _log_col_mass(logits, lamb, x, chunks)
+        col = sum(p.cpu().numpy() for p in passes.map(partial(_sweep, kernel, c)))
+        with np.errstate(divide="ignore"):
+            log_mass = np.log(c.double().cpu().numpy() * col / n_samples)
+        # Row sums are at least min(c), so the floor adds at most c_j * floor / min(c).
+        floor_mass = shift + _LOG_FLOOR[logits.dtype] - shift.min() + math.log(_FLOOR_MARGIN)
+        if not (log_mass > floor_mass).all():
+            # A cluster has (next to) no kernel mass: get its true mass in the log domain.
+            log_mass = _log_col_mass(logits, lamb, x, passes)
         resid = log_w - log_mass
-        err = float(np.abs(np.expm1(-resid)).max())
-        errors.append(err)
-        if err <= tol:
-            converged = True
-            break
-        x = accel.step(x, resid, err)
-    del kernel
-
-    state = x - x.mean()
-    labels = torch.empty(n_samples, dtype=torch.int64, device=logits.device)
-    q = torch.empty_like(logits) if return_q else None
-    pot = _as_pot(state, logits)
-    for lo, hi in chunks:
-        z = _scores(logits[lo:hi], lamb, pot)
-        labels[lo:hi] = z.argmax(dim=1)
-        if q is not None:
-            q[lo:hi] = torch.softmax(z, dim=1).div_(n_samples)
-    return _HeadResult(
-        labels=labels,
-        n_iter=len(errors),
-        converged=converged,
-        marginal_error=errors[-1],
-        state=state,
-        q=q,
-        log=np.asarray(errors),
-    )
+        errors.append(float(np.abs(np.expm1(-resid)).max()))
+        if errors[-1] <= tol:
+            return errors, x, True
+        x = accel.step(x, resid, errors[-1])
+    return errors, x, False
 
 
 class _Anderson:
@@ -277,8 +336,7 @@ class _Anderson:
     a plain Sinkhorn step from the best iterate, which always makes progress.
     """
 
-    def __init__(self, memory: int) -> None:
-        self.memory = memory
+    def __init__(self) -> None:
         self.xs: list[np.ndarray] = []
         self.fs: list[np.ndarray] = []
         self.best: tuple[float, np.ndarray, np.ndarray] = (math.inf, np.empty(0), np.empty(0))
@@ -288,7 +346,7 @@ class _Anderson:
         if self.resets >= _AA_MAX_RESETS:
             return x + f
         best_err, best_x, best_f = self.best
-        if err > _AA_GUARD * best_err or not np.isfinite(f).all():
+        if err > _AA_GUARD * best_err:
             self.resets += 1
             self.xs.clear()
             self.fs.clear()
@@ -297,7 +355,7 @@ class _Anderson:
             self.best = (err, x, f)
         self.xs.append(x)
         self.fs.append(f)
-        if len(self.xs) > self.memory + 1:
+        if len(self.xs) > _AA_MEMORY + 1:
             del self.xs[0], self.fs[0]
         if len(self.xs) < 2:
             return x + f
@@ -307,29 +365,10 @@ class _Anderson:
         return x + f - (d_x + d_f).T @ gamma
 
 
-def _sweep(
-    kernel: torch.Tensor,
-    c: torch.Tensor,
-    groups: list[list[tuple[int, int]]],
-    pool: ThreadPoolExecutor | None,
-) -> np.ndarray:
-    """Column sums ``K^T (1 / (K c))``: a row update plus a column reduction.
-
-    Row groups run in parallel threads (torch releases the GIL), because
-    per-block products are too small for torch's own intra-op threading.
-    """
-    if pool is None or len(groups) == 1:
-        parts = [_sweep_rows(kernel, c, group) for group in groups]
-    else:
-        parts = list(pool.map(lambda group: _sweep_rows(kernel, c, group), groups))
-    return sum(part.cpu().numpy() for part in parts)
-
-
-def _sweep_rows(
-    kernel: torch.Tensor, c: torch.Tensor, chunks: list[tuple[int, int]]
-) -> torch.Tensor:
+def _sweep(kernel: torch.Tensor, c: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
+    """Column sums ``K^T (1 / (K c))`` over some row blocks: a row then a column update."""
     col = torch.zeros(kernel.shape[1], dtype=torch.float64, device=kernel.device)
-    for lo, hi in chunks:
+    for lo, hi in blocks:
         # Both products read the same block while it is still in cache.
         block = kernel[lo:hi]
         r = torch.mv(block, c).reciprocal_()
@@ -338,15 +377,36 @@ def _sweep_rows(
     return col
 
 
-def _as_pot(pot: np.ndarray, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.from_numpy(pot).to(device=like.device, dtype=dtype or like.dtype)
+def _score_pot(pot: np.ndarray, logits: torch.Tensor) -> torch.Tensor:
+    """The potential as a tensor in the precision that scores must be computed in.
+
+    Scores near a row's maximum are sums of terms as large as the spread of the
+    potential, so float32 loses digits when that spread is large (huge logits
+    times large lamb); such blocks are then computed in float64.
+    """
+    # Centred (a constant shift is absorbed by the rows), so entries are at most spread / 2.
+    centred = pot - (pot.max() + pot.min()) / 2
+    exact = logits.dtype == torch.float32 and np.ptp(pot) > _F32_POT_SPREAD
+    return torch.from_numpy(centred).to(
+        device=logits.device, dtype=torch.float64 if exact else logits.dtype
+    )
 
 
-def _scores(logits: torch.Tensor, lamb: float, pot: torch.Tensor) -> torch.Tensor:
-    """``lamb * (logits - rowmax) + pot``, i.e. log Q up to a per-row constant."""
-    z = logits.to(pot.dtype)
-    z = z - z.amax(dim=1, keepdim=True)
-    return z.mul_(lamb).add_(pot)
+def _scores(
+    logits: torch.Tensor, lamb: float, pot: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``lamb * (logits - rowmax) + pot``: log Q up to a per-row constant.
+
+    The row maximum is removed first so that per-row offsets of the logits
+    cancel exactly instead of costing float32 precision. Computed in the dtype
+    of ``pot``, in ``out`` if given and of that dtype.
+    """
+    if logits.dtype != pot.dtype:
+        logits = logits.to(pot.dtype)
+    if out is not None and out.dtype != pot.dtype:
+        out = None
+    z = torch.sub(logits, logits.amax(dim=1, keepdim=True), out=out)
+    return torch.add(pot, z, alpha=lamb, out=z)
 
 
 def _fill_kernel(
@@ -354,40 +414,47 @@ def _fill_kernel(
     logits: torch.Tensor,
     lamb: float,
     pot: np.ndarray,
-    chunks: list[tuple[int, int]],
+    passes: _RowPasses,
     check: bool = False,
 ) -> None:
     """Write ``exp(scores - rowmax)`` into ``kernel``; every row has maximum 1."""
-    pot_t = _as_pot(pot, logits)
-    for lo, hi in chunks:
-        block = logits[lo:hi]
-        # Checked here, while the block is in cache, rather than in a separate pass.
-        if check and not bool(torch.isfinite(block).all()):
-            raise ValueError("logits contain NaN or infinite values")
-        z = _scores(block, lamb, pot_t)
-        kernel[lo:hi] = z.sub_(z.amax(dim=1, keepdim=True)).exp_()
+    pot_t = _score_pot(pot, logits)
+    floor = _LOG_FLOOR[kernel.dtype]
+
+    def fill(blocks: list[tuple[int, int]]) -> None:
+        for lo, hi in blocks:
+            block = logits[lo:hi]
+            z = _scores(block, lamb, pot_t, out=kernel[lo:hi])
+            z_max = z.amax(dim=1, keepdim=True)
+            # Checked here, while the block is in cache, rather than in a separate pass:
+            # NaN and +inf make the row maximum NaN, -inf shows in the row minimum.
+            if check and not (
+                bool(torch.isfinite(z_max).all()) and bool(torch.isfinite(block.amin(dim=1)).all())
+            ):
+                raise ValueError("logits contain NaN or infinite values")
+            z.sub_(z_max).clamp_(min=floor).exp_()
+            if z.dtype != kernel.dtype:
+                kernel[lo:hi] = z
+
+    passes.map(fill)
 
 
 def _log_col_mass(
-    logits: torch.Tensor, lamb: float, pot: np.ndarray, chunks: list[tuple[int, int]]
+    logits: torch.Tensor, lamb: float, pot: np.ndarray, passes: _RowPasses
 ) -> np.ndarray:
     """Log cluster masses of Q with exactly normalised rows, without underflow."""
-    pot_t = _as_pot(pot, logits, torch.float64)
-    out = torch.full_like(pot_t, -math.inf)
-    for lo, hi in chunks:
-        z = _scores(logits[lo:hi], lamb, pot_t)
-        z -= torch.logsumexp(z, dim=1, keepdim=True)
-        out = torch.logaddexp(out, torch.logsumexp(z, dim=0))
-    return out.cpu().numpy() - math.log(logits.shape[0])
+    pot_t = torch.from_numpy(pot).to(logits.device)
 
+    def reduce(blocks: list[tuple[int, int]]) -> torch.Tensor:
+        out = torch.full_like(pot_t, -math.inf)
+        for lo, hi in blocks:
+            z = _scores(logits[lo:hi], lamb, pot_t)
+            z -= torch.logsumexp(z, dim=1, keepdim=True)
+            out = torch.logaddexp(out, torch.logsumexp(z, dim=0))
+        return out
 
-def _row_chunks(x: torch.Tensor) -> list[tuple[int, int]]:
-    n_rows, n_cols = x.shape
-    if x.device.type != "cpu":
-        # On accelerators kernel-launch overhead dominates; use whole-matrix ops.
-        return [(0, n_rows)]
-    step = max(1, _CHUNK_BYTES // (n_cols * x.element_size()))
-    return [(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
+    total = torch.logsumexp(torch.stack(passes.map(reduce)), dim=0)
+    return total.cpu().numpy() - math.log(logits.shape[0])
 
 
 def _as_tensor(logits: Any) -> tuple[torch.Tensor, bool]:
@@ -461,7 +528,3 @@ def _check_init(init: Any, n_heads: int, n_clusters: int, batched: bool) -> np.n
     if not np.isfinite(arr).all():
         raise ValueError("init must be finite")
     return arr.reshape(n_heads, n_clusters)
-
-
-def _n_workers(logits: torch.Tensor) -> int:
-    return torch.get_num_threads() if logits.device.type == "cpu" else 1
