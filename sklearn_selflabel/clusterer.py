@@ -81,8 +81,11 @@ class SelfLabelingClusterer(
     sinkhorn_tol : float, default=1e-3
         Tolerance of the Sinkhorn iterations on the relative cluster-mass error (independent of
         ``n_samples``).
-    sinkhorn_max_iter : int, default=1000
-        Iteration cap of each label step.
+    sinkhorn_max_iter : int, default=100
+        Iteration cap of each label step. Late in training a confident network makes the
+        problem ill-conditioned and Sinkhorn slow; the hard labels of a capped step are still
+        nearly balanced (``history`` records each step's ``sinkhorn_error``), and on digits a
+        cap of 100 gave the same accuracy as 1000 in half the fit time.
     n_label_steps : int, default=60
         Number of label steps, placed after epoch ``(max_epochs - 1) * (i / n_label_steps)**2``
         for ``i = 0 .. n_label_steps - 1`` (coinciding epochs merge).
@@ -187,7 +190,7 @@ class SelfLabelingClusterer(
         weight_decay: float = 1e-4,
         sinkhorn_lambda: float = 25.0,
         sinkhorn_tol: float = 1e-3,
-        sinkhorn_max_iter: int = 1000,
+        sinkhorn_max_iter: int = 100,
         n_label_steps: int = 60,
         augment_strength: float = 0.5,
         device: str = "auto",
