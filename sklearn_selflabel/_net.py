@@ -28,7 +28,9 @@ class SelfLabelNet(NeuralNet):
         return self.criterion_(y_pred.reshape(-1, n_clusters), labels.reshape(-1))
 
     @torch.no_grad()
-    def evaluate_rows(self, X, batch_size: int, output: str = "logits") -> torch.Tensor:
+    def evaluate_rows(
+        self, X, batch_size: int, output: str = "logits", head: int | None = None
+    ) -> torch.Tensor:
         """Forward all rows of ``X`` in eval mode (no augmentation), batch by batch.
 
         Parameters
@@ -38,6 +40,9 @@ class SelfLabelNet(NeuralNet):
         output : {"logits", "embedding"}
             ``"logits"`` gives ``(n_heads, n_samples, n_clusters)``; ``"embedding"`` gives
             ``(n_samples, embedding_dim)``.
+        head : int or None
+            With ``output="logits"``, keep only this head's logits, ``(n_samples, n_clusters)``,
+            so that inference holds one head's outputs rather than all of them.
 
         Returns
         -------
@@ -46,7 +51,15 @@ class SelfLabelNet(NeuralNet):
         module = self.module_
         was_training = module.training
         module.eval()
-        forward = module.embed if output == "embedding" else module
+        if output == "embedding":
+            forward = module.embed
+        elif head is None:
+            forward = module
+        else:
+
+            def forward(rows: torch.Tensor) -> torch.Tensor:
+                return module(rows)[head]
+
         try:
             parts = [
                 forward(torch.from_numpy(rows).to(self.device))

@@ -334,10 +334,13 @@ class SelfLabelingClusterer(
 
     # ------------------------------------------------------------ inference
 
-    def _head_logits(self, X) -> torch.Tensor:
+    def _validated(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse="csr", dtype=_INPUT_DTYPES, reset=False)
-        return self.net_.evaluate_rows(X, self.batch_size)[self.best_head_]
+        return validate_data(self, X, accept_sparse="csr", dtype=_INPUT_DTYPES, reset=False)
+
+    def _head_logits(self, X) -> torch.Tensor:
+        X = self._validated(X)
+        return self.net_.evaluate_rows(X, self.batch_size, head=self.best_head_)
 
     def predict(self, X) -> np.ndarray:
         """Cluster of each row of ``X``, from the head ``best_head_``.
@@ -378,8 +381,7 @@ class SelfLabelingClusterer(
         -------
         embedding : ndarray of shape (n_samples, embedding_dim_), dtype float32
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse="csr", dtype=_INPUT_DTYPES, reset=False)
+        X = self._validated(X)
         return self.net_.evaluate_rows(X, self.batch_size, output="embedding").cpu().numpy()
 
     def score(self, X, y=None) -> float:
