@@ -5,8 +5,12 @@ way for all: cluster masses of the plan with its rows normalised exactly,
 relative to the target sizes). Prints markdown tables and writes them to
 ``benchmarks/results/sinkhorn.md``.
 
-    python benchmarks/bench_sinkhorn.py              # everything (about 5 minutes)
+    python benchmarks/bench_sinkhorn.py --data-dir ../shared/data  # everything (~11 minutes)
     python benchmarks/bench_sinkhorn.py --quick      # skip the 4 GB case
+
+The warm-start section also fits ``SelfLabelingClusterer`` on scikit-learn's digits and on
+MNIST-test (``mnist_test.npz`` in ``--data-dir``; skipped when absent) to get real logits of
+two consecutive epochs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -29,6 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sklearn.datasets import load_digits  # noqa: E402
+
+from sklearn_selflabel import SelfLabelingClusterer, sinkhorn  # noqa: E402
+from sklearn_selflabel._data import IndexedRows  # noqa: E402
 from sklearn_selflabel.sinkhorn import (  # noqa: E402
     _fill_kernel,
     _RowPasses,
@@ -179,34 +189,157 @@ def bench_cold(logits: np.ndarray) -> list[str]:
     return lines
 
 
+@contextmanager
+def anderson_only() -> Iterator[None]:
+    """The solver without its Newton phase (Sinkhorn with Anderson acceleration only)."""
+    saved = sinkhorn._NEWTON_MAX_CLUSTERS
+    sinkhorn._NEWTON_MAX_CLUSTERS = 0
+    try:
+        yield
+    finally:
+        sinkhorn._NEWTON_MAX_CLUSTERS = saved
+
+
 def bench_warm(logits: np.ndarray, rng: np.random.Generator) -> list[str]:
     base = sinkhorn_equipartition(logits, lamb=LAMB, tol=TOL)
     lines = [
-        f"### 3. Warm start: N={logits.shape[0]:,}, K={logits.shape[1]}, lamb={LAMB:g}",
+        f"### 3. Warm start: N={logits.shape[0]:,}, K={logits.shape[1]}, lamb={LAMB:g}, "
+        f"target error {TOL:g}",
         "",
-        "Logits perturbed by Gaussian noise (like one epoch of training); solved cold and "
-        "warm-started from the unperturbed solution's `state`.",
+        "#### Synthetic perturbation",
         "",
-        "| noise (x std of logits) | labels changed | cold iters | warm iters | iter ratio "
-        "| cold (s) | warm (s) | warm iters vs plain Sinkhorn cold |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Logits perturbed by Gaussian noise; solved cold and warm-started from the "
+        "unperturbed solution's `state`. Iterations count every pass that evaluates the error, "
+        "the first (at the starting point) included, for cold and warm alike. `Anderson only` is "
+        "the solver without its Newton phase, run in the same process.",
+        "",
+        "| noise (x std of logits) | labels changed | error at start: cold / warm "
+        "| cold iters | warm iters | iter ratio | Anderson only: cold / warm iters "
+        "| cold (s) | warm (s) | Anderson only: cold / warm (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scale in (0.01, 0.05):
         noise = rng.standard_normal(logits.shape, dtype=np.float32)
         noisy = logits + np.float32(scale * logits.std()) * noise
-        t_cold, cold = time_call(lambda x=noisy: sinkhorn_equipartition(x, lamb=LAMB, tol=TOL))
-        t_warm, warm = time_call(
-            lambda x=noisy: sinkhorn_equipartition(x, lamb=LAMB, tol=TOL, init=base.state)
-        )
-        assert cold.converged and warm.converged
-        n_plain = plain_sinkhorn_iters(noisy, LAMB, TOL)
+        runs = {}
+        for name, context in (("hybrid", nullcontext), ("anderson", anderson_only)):
+            with context():
+                runs[name] = [
+                    time_call(partial(sinkhorn_equipartition, noisy, lamb=LAMB, init=init), 3)
+                    for init in (None, base.state)
+                ]
+        (t_cold, cold), (t_warm, warm) = runs["hybrid"]
+        (t_aa_cold, aa_cold), (t_aa_warm, aa_warm) = runs["anderson"]
+        assert all(r.converged for r in (cold, warm, aa_cold, aa_warm))
         changed = float(np.mean(warm.labels != base.labels))
         lines.append(
-            f"| {scale:g} | {changed:.1%} | {cold.n_iter} | {warm.n_iter} | "
-            f"{cold.n_iter / warm.n_iter:.1f}x | {t_cold:.3f} | {t_warm:.3f} | "
-            f"{n_plain / warm.n_iter:.0f}x fewer ({n_plain}) |"
+            f"| {scale:g} | {changed:.1%} | {cold.log[0]:.1e} / {warm.log[0]:.1e} | "
+            f"{cold.n_iter} | {warm.n_iter} | {cold.n_iter / warm.n_iter:.1f}x | "
+            f"{aa_cold.n_iter} / {aa_warm.n_iter} | {t_cold:.3f} | {t_warm:.3f} | "
+            f"{t_aa_cold:.3f} / {t_aa_warm:.3f} |"
         )
     lines.append("")
+    return lines
+
+
+def consecutive_epoch_logits(X: np.ndarray, max_epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of all heads after a fit of ``max_epochs`` epochs and after one more epoch.
+
+    The extra epoch trains against the fit's last labels with the network's own training
+    step, as every epoch between two label steps does.
+    """
+    model = SelfLabelingClusterer(n_clusters=10, max_epochs=max_epochs, random_state=SEED)
+    net = model.fit(X).net_
+    before = net.evaluate_rows(X, model.batch_size).cpu().numpy()
+    # The epoch draws shuffles from the net's generator, augmentations from torch's.
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        net.history.new_epoch()
+        batches = net.get_iterator(net.get_dataset(IndexedRows(X)), training=True)
+        net.run_single_epoch(batches, training=True, prefix="train", step_fn=net.train_step)
+    after = net.evaluate_rows(X, model.batch_size).cpu().numpy()
+    return before, after
+
+
+def real_datasets(data_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+    yield "digits (1797 x 64)", load_digits().data
+    mnist = data_dir / "mnist_test.npz"
+    if mnist.exists():
+        images = np.load(mnist)["X"]
+        yield "MNIST-test (10000 x 784)", images.reshape(len(images), -1) / 255.0
+    else:
+        print(f"{mnist} not found: MNIST-test skipped", file=sys.stderr)
+
+
+def solve_epoch_pair(before: np.ndarray, after: np.ndarray, max_iter: int) -> dict:
+    """Solve one head's label step on the earlier logits, then on the later ones cold and warm."""
+    prev = sinkhorn_equipartition(before, lamb=LAMB, tol=TOL, max_iter=max_iter)
+    return {
+        "prev": prev,
+        "cold": sinkhorn_equipartition(after, lamb=LAMB, tol=TOL, max_iter=max_iter),
+        "warm": sinkhorn_equipartition(
+            after, lamb=LAMB, tol=TOL, max_iter=max_iter, init=prev.state
+        ),
+    }
+
+
+def bench_warm_real(data_dir: Path) -> list[str]:
+    max_iter = 1_000
+    lines = [
+        "#### Real logits of two consecutive epochs",
+        "",
+        "`SelfLabelingClusterer(n_clusters=10)` fitted for the given number of epochs (default "
+        "parameters otherwise, 8 heads), then trained one more epoch against its last labels; "
+        f"each head's label step (lamb={LAMB:g}, K=10, target error {TOL:g}, at most "
+        f"{max_iter} iterations) is solved cold and warm-started from the previous epoch's "
+        "solution. Means over the 8 heads. `labels changed`: rows whose label moved between "
+        "the two epochs' solutions; `top p`: mean largest softmax probability of the logits.",
+        "",
+        "| data | epochs | top p | labels changed | error at start: cold / warm "
+        "| cold iters | warm iters | iter ratio | Anderson only: cold / warm iters "
+        "(unconverged) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, X in real_datasets(data_dir):
+        for max_epochs in (10, 40, 120):
+            heads = list(zip(*consecutive_epoch_logits(X, max_epochs), strict=True))
+            hybrid = [solve_epoch_pair(*head, max_iter) for head in heads]
+            with anderson_only():
+                anderson = [solve_epoch_pair(*head, max_iter) for head in heads]
+            assert all(run[case].converged for run in hybrid for case in ("cold", "warm"))
+
+            def mean(runs: list[dict], case: str, attr: str) -> float:
+                return float(np.mean([getattr(run[case], attr) for run in runs]))
+
+            changed = np.mean([np.mean(run["prev"].labels != run["warm"].labels) for run in hybrid])
+            start = [np.mean([run[case].log[0] for run in hybrid]) for case in ("cold", "warm")]
+            top_p = float(
+                torch.softmax(torch.from_numpy(np.stack(heads)[:, 1]), -1).amax(-1).mean()
+            )
+            unconverged = sum(
+                not run[case].converged for run in anderson for case in ("cold", "warm")
+            )
+            cold_iters, warm_iters = mean(hybrid, "cold", "n_iter"), mean(hybrid, "warm", "n_iter")
+            lines.append(
+                f"| {name} | {max_epochs} | {top_p:.2f} | {changed:.1%} | "
+                f"{start[0]:.1e} / {start[1]:.1e} | {cold_iters:.1f} | {warm_iters:.1f} | "
+                f"{cold_iters / warm_iters:.1f}x | {mean(anderson, 'cold', 'n_iter'):.0f} / "
+                f"{mean(anderson, 'warm', 'n_iter'):.0f} ({unconverged} of {2 * len(heads)}) |"
+            )
+            print(lines[-1], flush=True)
+    lines += [
+        "",
+        "Reading: on the synthetic perturbation the first iteration evaluates the warm start and "
+        "one Newton step reaches the target. In seconds a warm start gains less than in "
+        "iterations: building the kernel and the labels (an exp pass each) dominate, and a Newton "
+        "iteration that forms the Hessian costs about three sweeps at K=100. On real logits the "
+        "previous epoch's potentials are hardly closer to the new solution than zero (errors at "
+        "the start): the solution of these confident, nearly balanced problems is pinned by the "
+        "rows on cluster boundaries, which an epoch of training moves, so a warm start saves "
+        "little there; what removes the slow late label steps is the Newton phase (compare "
+        "`Anderson only`)."
+        "",
+    ]
     return lines
 
 
@@ -306,6 +439,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the 4 GB case")
     parser.add_argument("--skip-large", action="store_true", help="skip the 4 GB case")
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--child-large", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_large:
@@ -327,6 +461,7 @@ def main() -> None:
     if not (args.quick or args.skip_large):
         lines += bench_large(1_000_000, 1_000)
     lines += bench_warm(logits, rng)
+    lines += bench_warm_real(args.data_dir)
     lines += bench_bandwidth(logits)
     text = "\n".join(lines)
     print(text)

@@ -15,6 +15,11 @@ speed and memory on large N:
   block, so the kernel is read from memory once per iteration;
 * the sweeps are a fixed-point iteration on the K column potentials, which is
   extrapolated with safeguarded Anderson acceleration (Walker & Ni, 2011);
+* near the solution (and for warm starts), or when Anderson stalls on an
+  ill-conditioned problem, up to 128 clusters switch to Newton's method
+  on the concave dual with a backtracking line search: its K x K Hessian is
+  summed over the rows that are not already assigned with certainty, in the same
+  pass over the kernel, and it converges quadratically where Sinkhorn crawls;
 * column scalings are absorbed into the kernel before they can overflow, and a
   cluster whose kernel column underflowed gets its mass from an exact
   log-domain pass (Schmitzer, 2019).
@@ -60,6 +65,31 @@ _F32_POT_SPREAD = 200.0
 _AA_MEMORY = 8
 _AA_GUARD = 10.0
 _AA_MAX_RESETS = 5
+_AA_RIDGE = 1e-8
+# Newton's method is used for at most this many clusters (its Hessian costs
+# O(K^2) per uncertain row and its solve O(K^3)), from the first error at most
+# _NEWTON_ERR on (from the start for a warm start). A row p of NQ adds
+# diag(p) - p p^T, of trace 1 - |p|^2, to the Hessian: rows with
+# |p|^2 > _NEWTON_SURE (nearly one-hot) add next to nothing and are left out.
+# A step moves no potential by more than _NEWTON_MAX_STEP (e^10 in scaling) and
+# is damped by _NEWTON_DAMPING times the target sizes, so that clusters without
+# uncertain rows keep a finite step.
+_NEWTON_MAX_CLUSTERS = 128
+_NEWTON_ERR = 0.3
+_NEWTON_SURE = 0.99
+_NEWTON_MAX_STEP = 10.0
+_NEWTON_DAMPING = 1e-6
+# Line-search rejections after which Newton hands back to Sinkhorn: with nearly
+# hard rows the dual is flat between row flips, its Hessian next to singular,
+# and Newton steps overshoot where a Sinkhorn step still makes steady progress.
+_NEWTON_MAX_REJECTIONS = 3
+# Armijo's sufficient-increase constant, and the step fraction below which a
+# backtracking line search gives up and restarts from where it stands.
+_ARMIJO = 1e-4
+_MIN_STEP = 1e-6
+# The dual's value is accurate to about this many ulps of the largest score
+# (the row maxima that it adds are rounded scores); smaller changes are noise.
+_VALUE_ULPS = 4.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +101,9 @@ class SinkhornResult:
     labels : ndarray or Tensor of int64, shape (n_samples,) or (n_heads, n_samples)
         Hard assignment ``argmax_j Q_ij``; same array type and device as the input.
     n_iter : int
-        Number of Sinkhorn sweeps performed (maximum over heads).
+        Number of iterations, i.e. passes over the data that each evaluate the
+        marginal error, the first at the initial point (maximum over heads).
+        Most are Sinkhorn sweeps; Newton iterations also form a Hessian.
     converged : bool
         Whether ``marginal_error <= tol`` was reached (for every head).
     marginal_error : float
@@ -85,7 +117,7 @@ class SinkhornResult:
     q : ndarray or Tensor or None
         Soft assignment Q (summing to one per head) if ``return_q`` was set.
     log : ndarray of float64, shape (n_iter,)
-        Marginal error after each sweep (for several heads, the maximum over
+        Marginal error at each iteration (for several heads, the maximum over
         heads, a finished head contributing its final error).
     """
 
@@ -124,9 +156,11 @@ def sinkhorn_equipartition(
     tol : float, default=1e-3
         Stop once the relative cluster-mass error ``marginal_error <= tol``.
     max_iter : int, default=1000
-        Maximum number of Sinkhorn sweeps (per head).
+        Maximum number of iterations (per head).
     init : array-like of shape (n_clusters,) or (n_heads, n_clusters), default=None
         ``state`` of a previous result, to warm-start from its column scalings.
+        A warm start that already meets ``tol`` takes one iteration; otherwise
+        it goes straight to Newton steps (for up to 128 clusters).
     return_q : bool, default=False
         Also return the soft assignment Q.
 
@@ -144,9 +178,20 @@ def sinkhorn_equipartition(
     -----
     Labels need no Q: ``argmax_j Q_ij = argmax_j (lamb * logits_ij + log b_j)``.
 
+    The column potential ``x = log b`` maximises the concave dual
+    ``F(x) = w.x - mean_i log sum_j exp(lamb * logits_ij + x_j)``, whose gradient
+    is the marginal residual and whose Hessian is ``-(1/N) sum_i (diag(p_i) - p_i p_i^T)``
+    with ``p_i`` the rows of NQ. Far from the solution the solver iterates
+    Sinkhorn with Anderson acceleration; once the error is below 0.3, or when
+    Anderson stalls (a confident network makes Sinkhorn contract very slowly), it
+    takes Newton steps on F with an Armijo line search, which converge in a few
+    iterations from a nearby point such as a warm start.
+
     Besides the outputs, memory use is one kernel buffer the size of one head's
     logits (in their dtype) plus O(n_samples + cache-sized blocks); numpy
     input is not copied unless it is non-contiguous or not float32/float64.
+    On an accelerator, where a block is a whole head, Newton iterations take a
+    second such buffer.
     On CPU, row blocks are shared among ``torch.get_num_threads()`` threads.
 
     References
@@ -159,6 +204,8 @@ def sinkhorn_equipartition(
        Iterations", SIAM J. Numer. Anal. 49(4), 2011.
     .. [4] B. Schmitzer, "Stabilized Sparse Scaling Algorithms for Entropy
        Regularized Transport Problems", SIAM J. Sci. Comput. 41(3), 2019.
+    .. [5] J. Nocedal, S. J. Wright, "Numerical Optimization", 2nd ed., Springer
+       2006, ch. 3 (line search Newton methods).
 
     Examples
     --------
@@ -292,25 +339,41 @@ def _iterate(
     init: np.ndarray | None,
     passes: _RowPasses,
 ) -> tuple[list[float], np.ndarray, bool]:
-    """Sinkhorn sweeps on the column potential; return (errors, potential, converged)."""
-    n_samples = logits.shape[0]
+    """Iterations on the column potential; return (errors, last evaluated potential, converged)."""
+    n_samples, n_clusters = logits.shape
     limit = _ABSORB_LOG[logits.dtype]
+    newton_ok = n_clusters <= _NEWTON_MAX_CLUSTERS
     # x: log column scaling (the dual potential); g: the part absorbed into the kernel.
-    x = np.zeros_like(log_w) if init is None else init - init.mean()
+    # The solution's potentials differ by at most lamb * (largest row range of the
+    # logits) - log(smallest weight): beyond that a cluster gets less than its weight
+    # from every row. Iterates are kept in that box; extrapolation can overshoot it.
+    row_range = float((logits.amax(dim=1) - logits.amin(dim=1)).max())
+    half_width = (lamb * row_range - log_w.min()) / 2 + 1.0
+    x = np.zeros_like(log_w) if init is None else _into_box(init - init.mean(), half_width)
     g = x.copy()
     kernel = torch.empty_like(logits)
-    _fill_kernel(kernel, logits, lamb, g, passes, check=True)
+    row_max_sum = _fill_kernel(kernel, logits, lamb, g, passes, check=True)
     accel = _Anderson()
+    # A warm start is presumed close to the solution, where Newton converges at once.
+    newton = _Newton(np.exp(log_w), tol) if init is not None and newton_ok else None
     errors: list[float] = []
     for _ in range(max_iter):
         shift = x - g
-        shift -= (shift.max() + shift.min()) / 2
+        offset = (shift.max() + shift.min()) / 2
+        shift -= offset
         if shift.max() > limit:
             g = x.copy()
-            _fill_kernel(kernel, logits, lamb, g, passes)
-            shift[:] = 0.0
+            row_max_sum = _fill_kernel(kernel, logits, lamb, g, passes)
+            shift[:], offset = 0.0, 0.0
         c = torch.from_numpy(np.exp(shift)).to(device=logits.device, dtype=logits.dtype)
-        col = sum(p.cpu().numpy() for p in passes.map(partial(_sweep, kernel, c)))
+        with_hessian = newton is not None and newton.needs_hessian
+        sums = passes.map(
+            partial(_sweep, kernel, c, value=newton is not None, hessian=with_hessian)
+        )
+        col, log_row_sum, outer = (
+            None if parts[0] is None else sum(t.cpu().numpy() for t in parts)
+            for parts in zip(*sums, strict=True)
+        )
         with np.errstate(divide="ignore"):
             log_mass = np.log(c.double().cpu().numpy() * col / n_samples)
         # Row sums are at least min(c), so the floor adds at most c_j * floor / min(c).
@@ -322,8 +385,99 @@ def _iterate(
         errors.append(float(np.abs(np.expm1(-resid)).max()))
         if errors[-1] <= tol:
             return errors, x, True
-        x = accel.step(x, resid, errors[-1])
-    return errors, x, False
+        x_eval = x
+        if newton is not None:
+            # F(x) = w.x - mean_i log sum_j exp(scores_ij + x_j); the kernel holds
+            # exp(scores - row max + g - centre(g)) and the sweep summed log K c.
+            centre = (g.max() + g.min()) / 2
+            value = float(
+                np.exp(log_w) @ x - (row_max_sum + log_row_sum) / n_samples - offset - centre
+            )
+            # The rows p of outer = sum p p^T sum to 1, so its row sums are sum p.
+            hessian = None if outer is None else (np.diag(outer.sum(axis=1)) - outer) / n_samples
+            noise = _VALUE_ULPS * torch.finfo(logits.dtype).eps * (1.0 + np.ptp(x))
+            grad = np.exp(log_w) - np.exp(log_mass)
+            x = newton.step(x, value, noise, grad, errors[-1], hessian)
+            if newton.gave_up:
+                newton, newton_ok, accel = None, False, _Anderson()
+        else:
+            x = _into_box(accel.step(x, resid, errors[-1]), half_width)
+            if newton_ok and (errors[-1] <= _NEWTON_ERR or accel.stalled):
+                newton = _Newton(np.exp(log_w), tol)
+    return errors, x_eval, False
+
+
+def _into_box(x: np.ndarray, half_width: float) -> np.ndarray:
+    """``x`` centred (potentials are defined up to a constant) and clipped to the box."""
+    return np.clip(x - (x.max() + x.min()) / 2, -half_width, half_width)
+
+
+class _Newton:
+    """Newton ascent with a backtracking line search on the concave dual F.
+
+    ``step`` is called with F (and its rounding error), its gradient and the
+    marginal error at each evaluated point, and with F's (negated) Hessian when
+    ``needs_hessian`` asked for one. A point that increases F enough (Armijo's
+    condition, up to rounding) is accepted and a Newton step is taken from it;
+    otherwise the step from the last accepted point is shortened to the
+    maximiser of the quadratic through F's value and slope there and its value
+    here (Nocedal & Wright, 2006, ch. 3).
+
+    The Hessian costs several sweeps, so it is reused while the iteration is in
+    the quadratic regime: once the error ``e <= sqrt(tol)`` the next step should
+    reach ``~e^2 <= tol`` anyway, and a stale Hessian still gives a fast chord
+    step. It is refreshed while the error is larger, or when it fell by less
+    than half over the last accepted step.
+    """
+
+    def __init__(self, weights: np.ndarray, tol: float) -> None:
+        self.weights = weights
+        self.quadratic_err = math.sqrt(tol)
+        # Last accepted point: (x, F, error, direction, slope of F along it).
+        self.base: tuple[np.ndarray, float, float, np.ndarray, float] | None = None
+        self.t = 1.0
+        self.hessian: np.ndarray | None = None
+        self.needs_hessian = True
+        self.rejections = 0
+        self.gave_up = False
+
+    def step(
+        self,
+        x: np.ndarray,
+        value: float,
+        noise: float,
+        grad: np.ndarray,
+        err: float,
+        hessian: np.ndarray | None,
+    ) -> np.ndarray:
+        if hessian is not None:
+            self.hessian = hessian
+        assert self.hessian is not None  # the first evaluation asks for one
+        err0 = math.inf
+        if self.base is not None:
+            x0, value0, err0, direction, slope = self.base
+            enough = value >= value0 + _ARMIJO * self.t * slope - noise
+            if not enough:
+                self.rejections += 1
+                self.gave_up = self.rejections > _NEWTON_MAX_REJECTIONS
+            if self.gave_up:
+                return x0
+            if not enough and self.t > _MIN_STEP:
+                curvature = 2 * (value0 + slope * self.t - value)
+                t_fit = slope * self.t**2 / curvature if curvature > 0 else 0.0
+                self.t = min(max(t_fit, 0.1 * self.t), 0.5 * self.t)
+                return x0 + self.t * direction
+        self.needs_hessian = err > self.quadratic_err or err > 0.5 * err0
+        # The Hessian has the null vector 1 (a constant potential changes nothing) and grad
+        # sums to 0: the rank-one w w^T makes the system regular without changing the step.
+        w = self.weights
+        system = self.hessian + np.diag(_NEWTON_DAMPING * w) + np.outer(w, w)
+        # torch's solver: numpy's multithreaded BLAS stalls while torch's threads spin.
+        direction = torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(grad)).numpy()
+        direction *= min(1.0, _NEWTON_MAX_STEP / np.abs(direction).max())
+        self.base = (x, value, err, direction, float(grad @ direction))
+        self.t = 1.0
+        return x + direction
 
 
 class _Anderson:
@@ -342,8 +496,13 @@ class _Anderson:
         self.best: tuple[float, np.ndarray, np.ndarray] = (math.inf, np.empty(0), np.empty(0))
         self.resets = 0
 
+    @property
+    def stalled(self) -> bool:
+        """Whether extrapolation kept failing and plain Sinkhorn steps are taken."""
+        return self.resets >= _AA_MAX_RESETS
+
     def step(self, x: np.ndarray, f: np.ndarray, err: float) -> np.ndarray:
-        if self.resets >= _AA_MAX_RESETS:
+        if self.stalled:
             return x + f
         best_err, best_x, best_f = self.best
         if err > _AA_GUARD * best_err:
@@ -361,20 +520,51 @@ class _Anderson:
             return x + f
         d_x = np.diff(np.stack(self.xs), axis=0)
         d_f = np.diff(np.stack(self.fs), axis=0)
-        gamma = np.linalg.lstsq(d_f.T, f, rcond=None)[0]
+        # Tikhonov-regularised mixing: where the masses hardly move (nearly hard rows)
+        # the differences of residuals are close to singular and plain least squares
+        # would extrapolate without bound.
+        gram = d_f @ d_f.T
+        gram[np.diag_indices_from(gram)] += _AA_RIDGE * max(np.trace(gram), np.finfo(float).tiny)
+        gamma = np.linalg.solve(gram, d_f @ f)
         return x + f - (d_x + d_f).T @ gamma
 
 
-def _sweep(kernel: torch.Tensor, c: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Tensor:
-    """Column sums ``K^T (1 / (K c))`` over some row blocks: a row then a column update."""
-    col = torch.zeros(kernel.shape[1], dtype=torch.float64, device=kernel.device)
+def _sweep(
+    kernel: torch.Tensor,
+    c: torch.Tensor,
+    blocks: list[tuple[int, int]],
+    value: bool = False,
+    hessian: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Column sums ``K^T (1 / (K c))`` over some row blocks: a row then a column update.
+
+    Also returns, if asked, ``sum_i log (K c)_i`` (for the dual's value) and
+    ``sum p p^T`` over the rows ``p`` of the row-normalised ``K diag(c)`` with
+    ``|p|^2 <= _NEWTON_SURE`` (for its Hessian), in float64.
+    """
+    n_clusters = kernel.shape[1]
+    col = torch.zeros(n_clusters, dtype=torch.float64, device=kernel.device)
+    log_row_sum = torch.zeros((), dtype=torch.float64, device=kernel.device) if value else None
+    outer = None
+    if hessian:
+        outer = torch.zeros((n_clusters, n_clusters), dtype=torch.float64, device=col.device)
+        squares = kernel.new_empty((max(hi - lo for lo, hi in blocks), n_clusters))
+        c_squared = c.square()
     for lo, hi in blocks:
         # Both products read the same block while it is still in cache.
         block = kernel[lo:hi]
         r = torch.mv(block, c).reciprocal_()
         # float64 accumulation keeps the error estimate exact enough for N ~ 1e6.
         col += torch.mv(block.t(), r)
-    return col
+        if log_row_sum is not None:
+            log_row_sum -= r.log().sum(dtype=torch.float64)
+        if outer is not None:
+            # |p|^2 by a matrix-vector product: reductions along short rows are slow.
+            norm2 = torch.mv(torch.mul(block, block, out=squares[: hi - lo]), c_squared)
+            unsure = norm2.mul_(r.square()) <= _NEWTON_SURE
+            p = block[unsure].mul_(c).mul_(r[unsure].unsqueeze(1))
+            outer += (p.t() @ p).double()
+    return col, log_row_sum, outer
 
 
 def _score_pot(pot: np.ndarray, logits: torch.Tensor) -> torch.Tensor:
@@ -416,12 +606,16 @@ def _fill_kernel(
     pot: np.ndarray,
     passes: _RowPasses,
     check: bool = False,
-) -> None:
-    """Write ``exp(scores - rowmax)`` into ``kernel``; every row has maximum 1."""
+) -> float:
+    """Write ``exp(scores - rowmax)`` into ``kernel``; every row has maximum 1.
+
+    Returns the sum of the row maxima subtracted (scores with the centred potential).
+    """
     pot_t = _score_pot(pot, logits)
     floor = _LOG_FLOOR[kernel.dtype]
 
-    def fill(blocks: list[tuple[int, int]]) -> None:
+    def fill(blocks: list[tuple[int, int]]) -> float:
+        row_max_sum = 0.0
         for lo, hi in blocks:
             block = logits[lo:hi]
             z = _scores(block, lamb, pot_t, out=kernel[lo:hi])
@@ -432,11 +626,13 @@ def _fill_kernel(
                 bool(torch.isfinite(z_max).all()) and bool(torch.isfinite(block.amin(dim=1)).all())
             ):
                 raise ValueError("logits contain NaN or infinite values")
+            row_max_sum += float(z_max.sum(dtype=torch.float64))
             z.sub_(z_max).clamp_(min=floor).exp_()
             if z.dtype != kernel.dtype:
                 kernel[lo:hi] = z
+        return row_max_sum
 
-    passes.map(fill)
+    return sum(passes.map(fill))
 
 
 def _log_col_mass(
