@@ -1,15 +1,19 @@
-"""skorch callbacks: the self-labelling step on its schedule, and a guard against divergence."""
+"""skorch callbacks: the self-labelling step on its schedule, progress, a divergence guard."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Collection
 
 import numpy as np
 import torch
 from skorch.callbacks import Callback
+from tqdm import tqdm
 
-from .sinkhorn import sinkhorn_equipartition
+from ._data import iter_row_batches
+from .propagation import InvariancePropagation, hardest_positives, nearest_neighbors
+from .sinkhorn import SinkhornResult, sinkhorn_equipartition
 
 
 def label_step_epochs(max_epochs: int, n_label_steps: int) -> np.ndarray:
@@ -64,24 +68,27 @@ class LabelStep(Callback):
         self.seed = seed
 
     def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
+        if _has_rows(getattr(net, "label_table_", None), len(X), axis=1):
+            return  # a resumed fit keeps the labels (and solver state) of its checkpoint
         labels = random_equal_split(len(X), self.n_clusters, self.n_heads, self.seed)
         net.label_table_ = torch.from_numpy(labels).to(net.device)
         self.solver_state_ = None
+
+    def solve(self, net, X) -> SinkhornResult:
+        """Sinkhorn on the clean logits of the rows ``X``, warm-started from the previous step."""
+        logits = net.evaluate_rows(X, self.batch_size)
+        result = sinkhorn_equipartition(
+            logits, lamb=self.lamb, tol=self.tol, max_iter=self.max_iter, init=self.solver_state_
+        )
+        self.solver_state_ = result.state
+        return result
 
     def on_epoch_end(self, net, dataset_train=None, **kwargs) -> None:
         epoch = len(net.history) - 1
         changed = 0.0
         if epoch in self.epochs:
             start = time.perf_counter()
-            logits = net.evaluate_rows(dataset_train.X, self.batch_size)
-            result = sinkhorn_equipartition(
-                logits,
-                lamb=self.lamb,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                init=self.solver_state_,
-            )
-            self.solver_state_ = result.state
+            result = self.solve(net, dataset_train.X)
             changed = (result.labels != net.label_table_).float().mean().item()
             net.label_table_ = result.labels
             net.history.record("label_step_seconds", time.perf_counter() - start)
@@ -96,6 +103,48 @@ class LabelStep(Callback):
         net.history.record("max_cluster_size", int(sizes.max()))
 
 
+def _has_rows(table: torch.Tensor | None, n_rows: int, axis: int) -> bool:
+    return table is not None and table.shape[axis] == n_rows
+
+
+class EpochProgress(Callback):
+    """A progress bar over the training epochs, on stderr, with each epoch's figures.
+
+    After every epoch the bar shows its ``train_loss``, ``labels_changed`` (fraction of labels
+    that the label step changed) and ``min_cluster_size`` / ``max_cluster_size``.
+
+    Parameters
+    ----------
+    disable : bool, default=False
+        Show nothing (e.g. on all but the main process of a distributed fit).
+    """
+
+    keys = ("train_loss", "labels_changed", "min_cluster_size", "max_cluster_size")
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable = disable
+
+    def on_train_begin(self, net, **kwargs) -> None:
+        # A resumed fit starts the bar at the epochs its checkpoint already holds.
+        self.bar_ = tqdm(
+            total=net.max_epochs,
+            initial=len(net.history),
+            unit="epoch",
+            file=sys.stderr,
+            disable=self.disable,
+        )
+
+    def on_epoch_end(self, net, **kwargs) -> None:
+        row = net.history[-1]
+        self.bar_.set_postfix({key: row[key] for key in self.keys if key in row}, refresh=False)
+        self.bar_.update()
+
+    def on_train_end(self, net, **kwargs) -> None:
+        if self.bar_ is not None:
+            self.bar_.close()
+        self.bar_ = None  # a fitted net pickles without the bar and its stream
+
+
 class FiniteLossGuard(Callback):
     """Stop training at the first non-finite loss with an error that names the likely cause."""
 
@@ -105,3 +154,76 @@ class FiniteLossGuard(Callback):
                 f"The training loss became {loss.item()} in epoch {len(net.history)}; the network "
                 f"diverged. Lower the learning rate (lr={net.lr}) or check the input scale."
             )
+
+
+class PropagationRefresh(Callback):
+    """Keep invariance propagation's memory bank and hard positives up to date.
+
+    At ``on_train_begin`` the positives are found among the input rows (standardised, as the
+    network sees them: an untrained network's embedding carries no category-level structure yet)
+    and the memory bank holds the clean embedding of every row. After each epoch in ``epochs``
+    the positives are found again in the memory bank, which training keeps updating.
+    """
+
+    def __init__(
+        self,
+        epochs: Collection[int],
+        *,
+        n_neighbors: int,
+        n_hops: int,
+        n_positives: int,
+        weight: float,
+        label_weight: float,
+        temperature: float,
+        momentum: float,
+        n_negatives: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        self.epochs = epochs
+        self.n_neighbors = n_neighbors
+        self.n_hops = n_hops
+        self.n_positives = n_positives
+        self.weight = weight
+        self.label_weight = label_weight
+        self.temperature = temperature
+        self.momentum = momentum
+        self.n_negatives = n_negatives
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
+        if net.propagation_ is not None and _has_rows(net.propagation_.bank, len(X), axis=0):
+            return  # a resumed fit keeps the memory bank and positives of its checkpoint
+        module = net.module_
+        standardised = torch.cat(
+            [
+                (torch.from_numpy(rows).to(net.device) - module.mean) / module.scale
+                for rows in iter_row_batches(X.X, self.batch_size)
+            ]
+        )
+        bank = net.evaluate_rows(X.X, self.batch_size, output="embedding")
+        generator = torch.Generator(device=net.device).manual_seed(self.seed)
+        net.propagation_ = InvariancePropagation(
+            bank,
+            self._positives(standardised),
+            temperature=self.temperature,
+            momentum=self.momentum,
+            n_negatives=self.n_negatives,
+            generator=generator,
+            weight=self.weight,
+            label_weight=self.label_weight,
+        )
+
+    def _positives(self, features: torch.Tensor) -> torch.Tensor:
+        neighbors = nearest_neighbors(features, self.n_neighbors)
+        return hardest_positives(features, neighbors, self.n_hops, self.n_positives)
+
+    def on_epoch_end(self, net, **kwargs) -> None:
+        epoch = len(net.history) - 1
+        if epoch in self.epochs:
+            net.propagation_.positives = self._positives(net.propagation_.bank)
+
+    def on_train_end(self, net, **kwargs) -> None:
+        # The bank is an N x d training buffer; a fitted model does not need it.
+        net.propagation_ = None

@@ -1,6 +1,8 @@
 """Row access for dense and sparse inputs: index batches for training, row batches for inference.
 
-Sparse matrices are densified one batch at a time, never whole.
+Sparse matrices are densified one batch at a time, never whole. Out-of-core inputs (a
+``numpy.memmap``, or an array-like such as ``h5py.Dataset`` or ``dask.array.Array`` that is
+indexed by rows) are read one batch at a time too, never loaded whole.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+# Rows per chunk of the passes that check or summarise a whole out-of-core input: about 8 MB of
+# float64 for 128 features, small next to the data and large enough to amortise each read.
+_CHUNK_ROWS = 8192
 
 
 def dense_rows(X, start: int | None = None, stop: int | None = None, index=None) -> np.ndarray:
@@ -18,13 +24,80 @@ def dense_rows(X, start: int | None = None, stop: int | None = None, index=None)
     rows = X[index] if index is not None else X[start:stop]
     if sp.issparse(rows):
         rows = rows.toarray()
-    return np.ascontiguousarray(rows, dtype=np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    # torch wants writable memory: a slice of a read-only memmap is copied (one batch).
+    return rows if rows.flags.writeable else rows.copy()
 
 
 def iter_row_batches(X, batch_size: int) -> Iterator[np.ndarray]:
     """Consecutive dense float32 row batches of ``X``; bounded memory for any input size."""
     for start in range(0, X.shape[0], batch_size):
         yield dense_rows(X, start, start + batch_size)
+
+
+def is_out_of_core(X) -> bool:
+    """Whether ``X`` should be read by rows rather than converted to an in-memory array.
+
+    True for a ``numpy.memmap`` and for array-likes that are not numpy arrays but expose a
+    numpy ``dtype``, a 2-D ``shape`` and row indexing (``h5py.Dataset``, ``zarr.Array``,
+    ``dask.array.Array``, ...). Sparse matrices, lists, data frames and torch tensors are not.
+    """
+    if isinstance(X, np.memmap):
+        return True
+    if isinstance(X, np.ndarray) or sp.issparse(X) or hasattr(X, "columns"):
+        return False
+    return (
+        isinstance(getattr(X, "dtype", None), np.dtype)
+        and len(getattr(X, "shape", ())) == 2
+        and hasattr(X, "__getitem__")
+    )
+
+
+def check_out_of_core(X, *, ensure_min_samples: int = 1) -> None:
+    """Check an out-of-core ``X`` as ``check_array`` would, reading one chunk at a time.
+
+    Raises
+    ------
+    ValueError
+        If the shape is unknown or too small, the dtype is not real numeric, or a value is
+        NaN or infinite.
+    """
+    n_samples, n_features = X.shape
+    if not all(isinstance(n, (int, np.integer)) for n in (n_samples, n_features)):
+        raise ValueError(f"X must have a known shape, got {X.shape}; compute chunk sizes first.")
+    if n_samples < ensure_min_samples:
+        raise ValueError(
+            f"Found array with {n_samples} sample(s) (shape={X.shape}) while a minimum of "
+            f"{ensure_min_samples} is required."
+        )
+    if n_features < 1:
+        raise ValueError(f"Found array with 0 feature(s) (shape={X.shape}).")
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
+    if X.dtype.kind == "f":
+        for start in range(0, n_samples, _CHUNK_ROWS):
+            if not np.isfinite(dense_rows(X, start, start + _CHUNK_ROWS)).all():
+                raise ValueError("Input X contains NaN or infinity.")
+
+
+def column_mean_and_variance(X) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and variance of a dense ``X`` in float64, one chunk of rows at a time.
+
+    Chunks are merged with Chan et al.'s pairwise update, which is as accurate as a two-pass
+    computation and needs no full-size temporary (``X.var`` makes one of ``X``'s size).
+    """
+    n_seen, mean, sum_sq = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        chunk = np.asarray(X[start : start + _CHUNK_ROWS], dtype=np.float64)
+        n_chunk = chunk.shape[0]
+        chunk_mean = chunk.mean(axis=0)
+        chunk_sum_sq = ((chunk - chunk_mean) ** 2).sum(axis=0)
+        delta = chunk_mean - mean
+        n_total = n_seen + n_chunk
+        mean = mean + delta * (n_chunk / n_total)
+        sum_sq = sum_sq + chunk_sum_sq + delta**2 * (n_seen * n_chunk / n_total)
+        n_seen = n_total
+    return mean, sum_sq / n_seen
 
 
 class IndexedRows(Dataset):
@@ -40,20 +113,25 @@ class IndexedRows(Dataset):
     def __len__(self) -> int:
         return self.X.shape[0]
 
-    def __getitem__(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = np.asarray(indices)
         return torch.from_numpy(dense_rows(self.X, index=indices)), torch.from_numpy(indices)
 
 
-class ShuffledBatches:
+class ShuffledBatches(BatchSampler):
     """Index batches of a fresh permutation per epoch, drawn from a seeded numpy Generator.
 
     A trailing batch of a single row is merged into the previous one, since batch normalisation
-    cannot train on one row.
+    cannot train on one row. Each batch's indices are sorted, so that out-of-core inputs are
+    read in file order. Being a ``BatchSampler``, it is split by whole batches among processes
+    when Hugging Face accelerate prepares the loader for data-parallel training.
     """
 
     def __init__(self, n_samples: int, batch_size: int, rng: np.random.Generator) -> None:
+        # BatchSampler's own __init__ wants a row sampler; batches are drawn here instead.
         self.n_samples = n_samples
         self.batch_size = batch_size
+        self.drop_last = False
         self.rng = rng
 
     def _bounds(self) -> list[int]:
@@ -65,11 +143,12 @@ class ShuffledBatches:
     def __len__(self) -> int:
         return len(self._bounds()) - 1
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[list[int]]:
         order = self.rng.permutation(self.n_samples)
         bounds = self._bounds()
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            yield np.sort(order[start:stop])
+            # A list, as from any BatchSampler: accelerate's batch sharding relies on it.
+            yield np.sort(order[start:stop]).tolist()
 
 
 def shuffled_batch_loader(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from skorch import NeuralNet
+from skorch.dataset import unpack_data
+from skorch.utils import to_tensor
 
 from ._data import iter_row_batches
+from .propagation import InvariancePropagation
 
 
 class SelfLabelNet(NeuralNet):
@@ -19,6 +22,28 @@ class SelfLabelNet(NeuralNet):
     """
 
     label_table_: torch.Tensor
+    # Set by the propagation callback when invariance propagation is on.
+    propagation_: InvariancePropagation | None = None
+    # Attributes (prefixes) that hold tensors, pickled the way skorch pickles ``module_`` and
+    # ``optimizer_``, so that a net pickled on CUDA unpickles onto the CPU where CUDA is absent.
+    # "module" also covers the ``module`` parameter, which is the network instance itself, and
+    # "callbacks" the callbacks' state (the label step's solver state); each prefix keeps the
+    # parameter and its initialised twin (``callbacks_``) one object.
+    cuda_dependent_attributes_ = ["module", "label_table_", "propagation_", "callbacks"]
+
+    def train_step_single(self, batch, **fit_params):
+        """One training step: the self-label loss, plus the invariance-propagation term."""
+        self._set_training(True)
+        rows, indices = unpack_data(batch)
+        embedding = self.module_.embed(to_tensor(rows, device=self.device))
+        logits = self.module_.heads(embedding)
+        loss = self.get_loss(logits, indices, X=rows, training=True)
+        if self.propagation_ is not None:
+            loss = loss + self.propagation_.training_term(
+                embedding, logits, indices.to(self.device), self.label_table_
+            )
+        loss.backward()
+        return {"loss": loss, "y_pred": logits}
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         labels = self.label_table_[:, y_true.to(self.label_table_.device)]
@@ -49,8 +74,11 @@ class SelfLabelNet(NeuralNet):
         torch.Tensor on the network's device.
         """
         module = self.module_
+        # A fitted network is left in eval mode and is then never switched: concurrent calls
+        # (predict from several threads) only read it.
         was_training = module.training
-        module.eval()
+        if was_training:
+            module.eval()
         if output == "embedding":
             forward = module.embed
         elif head is None:
@@ -66,7 +94,8 @@ class SelfLabelNet(NeuralNet):
                 for rows in iter_row_batches(X, batch_size)
             ]
         finally:
-            module.train(was_training)
+            if was_training:
+                module.train()
         return torch.cat(parts, dim=-2)
 
     def head_losses(self, logits: torch.Tensor) -> np.ndarray:

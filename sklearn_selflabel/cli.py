@@ -12,7 +12,6 @@ import contextlib
 import csv
 import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from typing import BinaryIO
 import joblib
 import numpy as np
 
+from ._checkpoint import write_atomically
 from .clusterer import SelfLabelingClusterer
 
 PROG = "sklearn-selflabel"
@@ -105,8 +105,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         nargs=2,
         metavar=("H", "W"),
-        help="treat each row as an H x W image (H * W must equal the number of features); "
-        "needs a version with image-aware mode",
+        help="treat each row as an H x W image (H * W must equal the number of features): "
+        "image augmentation, a convolutional encoder and invariance propagation",
     )
     _add_io_options(fit)
     fit.add_argument(
@@ -225,8 +225,9 @@ def _run_fit(args: argparse.Namespace) -> None:
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
     if args.image_shape is not None:
         params["image_shape"] = _image_shape(args.image_shape, X.shape[1])
+    # verbose=1: a progress bar over the epochs on stderr. Anything else that training might
+    # print goes to stderr too, since stdout may be carrying the labels.
     model = SelfLabelingClusterer(**params, verbose=0 if args.quiet else 1)
-    # skorch prints its progress table to stdout, which may be carrying the labels.
     with contextlib.redirect_stdout(sys.stderr):
         try:
             model.fit(X)
@@ -263,10 +264,6 @@ def _image_shape(shape: list[int], n_features: int) -> tuple[int, int]:
         raise CLIError(
             f"--image-shape {height} {width} describes {height * width} pixels but the data has "
             f"{n_features} features"
-        )
-    if "image_shape" not in SelfLabelingClusterer().get_params():
-        raise CLIError(
-            "--image-shape: image-aware mode is not available in this version of sklearn-selflabel"
         )
     return height, width
 
@@ -454,29 +451,15 @@ def _write_labels(labels: np.ndarray, output: Path | None) -> None:
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through a temporary file beside it and a rename.
+    """Write ``path`` atomically, with the mode a plain ``open()`` would give it.
 
     A failure at any point leaves ``path`` as it was (absent or the previous version) and
     removes the temporary file.
     """
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        fd, tmp = tempfile.mkstemp(
-            dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(fd, "wb") as file:
-                write(file)
-                file.flush()
-                os.fsync(file.fileno())  # the rename must not land before the data do
-            # mkstemp creates the file private (0600); give it the mode a plain open() would.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomically(path, write, mode=0o666 & ~umask)
     except OSError as exc:
         raise CLIError(f"{path}: cannot write: {exc.strerror or exc}") from None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from numbers import Integral, Real
@@ -17,17 +19,42 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ._callbacks import FiniteLossGuard, LabelStep, label_step_epochs
-from ._data import IndexedRows, shuffled_batch_loader
+from ._callbacks import (
+    EpochProgress,
+    FiniteLossGuard,
+    LabelStep,
+    PropagationRefresh,
+    label_step_epochs,
+)
+from ._checkpoint import (
+    EpochEndState,
+    data_fingerprint,
+    load_state,
+    read_checkpoint,
+    restore_torch_rng,
+    restore_training_state,
+)
+from ._dask import is_dask_array, map_row_blocks
+from ._data import (
+    IndexedRows,
+    check_out_of_core,
+    column_mean_and_variance,
+    dense_rows,
+    is_out_of_core,
+    shuffled_batch_loader,
+)
 from ._net import SelfLabelNet
-from .modules import MLPEncoder, MultiHeadClassifier, SelfLabelNetwork, TabularAugment
+from ._online import ChunkLabelStep, OnlineLabelStep, OnlineSelfLabelNet
+from .augment import ImageAugment, TabularAugment
+from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelNetwork
 
 _INPUT_DTYPES = [np.float32, np.float64]
+_PROPAGATION_SETTINGS = dict(temperature=0.1, momentum=0.5, n_negatives=4096, label_weight=0.0)
 
 
 class SelfLabelingClusterer(
@@ -69,8 +96,10 @@ class SelfLabelingClusterer(
         Keyword arguments for ``module``. Tune them with ``GridSearchCV`` by listing dicts.
     max_epochs : int, default=120
         Number of training epochs (passes over the data).
-    batch_size : int, default=256
-        Mini-batch size for training and the batch size of inference.
+    batch_size : int or "auto", default="auto"
+        Mini-batch size for training and the batch size of inference. ``"auto"`` is 256 in
+        offline mode and 1024 in online mode, whose per-batch labels need many rows of each
+        cluster in every batch, and a queue only a few batches old.
     lr : float, default=1e-3
         Learning rate of the Adam optimizer.
     weight_decay : float, default=1e-4
@@ -92,6 +121,31 @@ class SelfLabelingClusterer(
     augment_strength : float, default=0.5
         Strength of the training views: Gaussian noise of this many standard deviations per
         feature, and each feature masked to its mean with probability ``augment_strength / 2``.
+    label_mode : {"offline", "online"}, default="offline"
+        How the labels are found. ``"offline"`` is SeLa's label step: on the schedule of
+        ``n_label_steps``, Sinkhorn over the logits of all training rows rewrites an
+        ``(n_heads, n_samples)`` label table; best for data that fit in memory. ``"online"``
+        gives each training batch its labels by a few Sinkhorn sweeps over the batch plus a
+        queue of the most recent ``queue_size`` rows' logits (SwAV-style), so memory does not
+        grow with ``n_samples``: use it for millions of rows, data on disk
+        (``numpy.memmap``) and streams (``partial_fit``). ``n_label_steps``,
+        ``sinkhorn_tol``, ``sinkhorn_max_iter`` and ``propagation`` (whose memory bank holds
+        an embedding per row) apply to offline mode only. ``docs/online.rst`` measures the
+        trade-offs.
+    queue_size : int, default=4096
+        Online mode: rows of recent batches whose logits join each batch's Sinkhorn problem,
+        so that every cluster has rows to balance against (about ``queue_size / n_clusters``).
+    online_sinkhorn_iter : int, default=3
+        Online mode: Sinkhorn sweeps per batch; each starts from the previous batch's column
+        scalings, so a few sweeps follow the slowly changing problem.
+    accelerator : accelerate.Accelerator or None, default=None
+        Train through Hugging Face accelerate (skorch's ``AccelerateMixin``), e.g. on several
+        GPUs or nodes with ``accelerate launch``. Create it as
+        ``Accelerator(device_placement=False)``: the estimator places the network and the
+        batches on ``accelerator.device`` itself, and ``device`` is then ignored. Under
+        data-parallel training each process trains on its share of the batches; the online
+        label step sums its cluster masses over processes, so the equipartition is global.
+        Needs ``propagation=False`` in offline mode. ``docs/online.rst`` has the recipe.
     device : str, default="auto"
         Torch device; ``"auto"`` picks CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
@@ -99,7 +153,31 @@ class SelfLabelingClusterer(
         integer, two fits on the CPU give identical results. The global numpy, torch and
         ``random`` states are left untouched.
     verbose : int, default=0
-        ``0`` prints nothing; ``1`` prints skorch's per-epoch table.
+        ``0`` prints nothing; ``1`` shows a progress bar over the epochs on stderr, with each
+        epoch's loss, fraction of labels changed and smallest and largest cluster; ``2``
+        prints skorch's per-epoch table (all of ``history``) on stdout instead.
+    warm_start : bool, default=False
+        Resume ``fit`` from the checkpoint in ``checkpoint_dir``, e.g. after a crash, and
+        train until ``max_epochs`` epochs are done in all; with no checkpoint there yet, start
+        afresh. Raising ``max_epochs`` continues a finished fit. The checkpoint must come from
+        a fit of the same data, ``n_clusters``, ``n_heads``, ``label_mode``, ``propagation``
+        and network; other parameters (``lr``, ``verbose``, ...) take their new values.
+        Needs ``checkpoint_dir``.
+    checkpoint_dir : str, path-like or None, default=None
+        Directory where ``fit`` saves, after every epoch, all that it needs to resume: the
+        module, the optimizer, the history, the labels, the label step's solver state, the
+        memory bank of ``propagation`` and the random states. The file
+        (``checkpoint.pt``, a pickle: load only your own) is replaced atomically, so a crash
+        at any moment leaves the previous epoch's checkpoint, and a resumed fit loses at most
+        the epoch in progress. It stays after the fit (the final state). Not supported with
+        ``accelerator``.
+    on_interrupt : {"restore", "keep"}, default="restore"
+        What a ``KeyboardInterrupt`` (Ctrl-C) during ``fit`` leaves. ``"restore"``: the
+        estimator as it was before ``fit`` (unfitted, or the previous fit), and the
+        ``KeyboardInterrupt`` propagates. ``"keep"``: the estimator fitted from the state
+        after the last completed epoch, with a warning that says so, and ``fit`` returns
+        (``n_iter_`` tells how many epochs ran); if no epoch had completed, as ``"restore"``.
+        ``"keep"`` holds a copy of the training state in memory.
 
     Attributes
     ----------
@@ -111,7 +189,8 @@ class SelfLabelingClusterer(
         Index of the head used by ``predict`` and ``predict_proba``: the one with the lowest
         cross-entropy against its own labels on the clean training rows.
     head_losses_ : ndarray of shape (n_heads,)
-        Those losses, per head.
+        Those losses, per head. In online mode, each head's mean cross-entropy against its
+        per-batch labels over the last training epoch (no label table exists).
     embedding_dim_ : int
         Size of the embedding returned by ``transform``.
     device_ : str
@@ -120,7 +199,7 @@ class SelfLabelingClusterer(
         Number of epochs run.
     n_features_in_ : int
         Number of features seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during ``fit``, when ``X`` has string column names.
 
     See Also
@@ -162,7 +241,7 @@ class SelfLabelingClusterer(
         "module": [callable, None],
         "module_params": [dict, None],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "sinkhorn_lambda": [Interval(Real, 0, None, closed="neither")],
@@ -170,9 +249,22 @@ class SelfLabelingClusterer(
         "sinkhorn_max_iter": [Interval(Integral, 1, None, closed="left")],
         "n_label_steps": [Interval(Integral, 1, None, closed="left")],
         "augment_strength": [Interval(Real, 0, None, closed="left")],
+        "image_shape": ["array-like", None],
+        "propagation": ["boolean", StrOptions({"auto"})],
+        "propagation_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "propagation_hops": [Interval(Integral, 1, None, closed="left")],
+        "propagation_positives": [Interval(Integral, 1, None, closed="left")],
+        "propagation_weight": [Interval(Real, 0, None, closed="left")],
+        "label_mode": [StrOptions({"offline", "online"})],
+        "queue_size": [Interval(Integral, 1, None, closed="left")],
+        "online_sinkhorn_iter": [Interval(Integral, 1, None, closed="left")],
+        "accelerator": [HasMethods(["prepare", "backward"]), None],
         "device": [StrOptions({"auto"}), str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "checkpoint_dir": [str, os.PathLike, None],
+        "on_interrupt": [StrOptions({"restore", "keep"})],
     }
 
     def __init__(
@@ -185,7 +277,7 @@ class SelfLabelingClusterer(
         module: type[nn.Module] | None = None,
         module_params: dict | None = None,
         max_epochs: int = 120,
-        batch_size: int = 256,
+        batch_size: int | str = "auto",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         sinkhorn_lambda: float = 25.0,
@@ -193,9 +285,22 @@ class SelfLabelingClusterer(
         sinkhorn_max_iter: int = 100,
         n_label_steps: int = 60,
         augment_strength: float = 0.5,
+        image_shape: tuple[int, ...] | None = None,
+        propagation: bool | str = "auto",
+        propagation_neighbors: int = 4,
+        propagation_hops: int = 3,
+        propagation_positives: int = 4,
+        propagation_weight: float = 1.0,
+        label_mode: str = "offline",
+        queue_size: int = 4096,
+        online_sinkhorn_iter: int = 3,
+        accelerator=None,
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
+        warm_start: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        on_interrupt: str = "restore",
     ) -> None:
         self.n_clusters = n_clusters
         self.n_heads = n_heads
@@ -212,9 +317,22 @@ class SelfLabelingClusterer(
         self.sinkhorn_max_iter = sinkhorn_max_iter
         self.n_label_steps = n_label_steps
         self.augment_strength = augment_strength
+        self.image_shape = image_shape
+        self.propagation = propagation
+        self.propagation_neighbors = propagation_neighbors
+        self.propagation_hops = propagation_hops
+        self.propagation_positives = propagation_positives
+        self.propagation_weight = propagation_weight
+        self.label_mode = label_mode
+        self.queue_size = queue_size
+        self.online_sinkhorn_iter = online_sinkhorn_iter
+        self.accelerator = accelerator
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.checkpoint_dir = checkpoint_dir
+        self.on_interrupt = on_interrupt
 
     # ------------------------------------------------------------------ fit
 
@@ -225,7 +343,11 @@ class SelfLabelingClusterer(
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Training data. Sparse matrices are densified one batch at a time.
+            Training data. Sparse matrices are densified one batch at a time. A
+            ``numpy.memmap`` or another out-of-core array-like (``h5py.Dataset``,
+            ``dask.array.Array``, ... : anything with a numpy ``dtype``, a 2-D ``shape`` and
+            row indexing) is read one batch at a time, never loaded whole; with
+            ``label_mode="online"`` memory then stays bounded whatever ``n_samples``.
         y : None
             Ignored; present for API consistency.
 
@@ -244,36 +366,219 @@ class SelfLabelingClusterer(
             raise
 
     def _fit(self, X) -> SelfLabelingClusterer:
-        X = validate_data(self, X, accept_sparse="csr", dtype=_INPUT_DTYPES, ensure_min_samples=2)
+        X = self._checked_rows(X, reset=True, ensure_min_samples=2)
         n_samples = X.shape[0]
         if self.n_clusters > n_samples:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
         hidden_layer_sizes = self._checked_hidden_layer_sizes()
-        device = _resolve_device(self.device)
+        image_shape = self._checked_image_shape(X.shape[1])
+        device = self._training_device()
         seed = _seed_from(self.random_state)
+        fingerprint = self._fingerprint(X) if self.checkpoint_dir is not None else None
+        resumed_from = self._checkpoint_to_resume()
+        end_state = EpochEndState(
+            keep_last=self.on_interrupt == "keep",
+            directory=self.checkpoint_dir,
+            fingerprint=fingerprint,
+            resumed_from=resumed_from,
+        )
+        dataset = IndexedRows(X)
         with _isolated_torch_rng(seed, device):
-            network, embedding_dim = self._build_network(X, hidden_layer_sizes)
-            net = self._build_net(network, device, seed)
-            net.fit(IndexedRows(X), y=None)
-            if len(net.history) < self.max_epochs:
-                # skorch swallows Ctrl-C and returns; a model cut off mid-training must not
-                # pose as a fitted one.
-                raise KeyboardInterrupt(
-                    f"fit was interrupted after {len(net.history)} of {self.max_epochs} epochs; "
-                    "the estimator is left as it was before fit."
-                )
-            logits = net.evaluate_rows(X, self.batch_size)
-        head_losses = net.head_losses(logits)
-        best_head = int(np.argmin(head_losses))
+            network, embedding_dim = self._build_network(X, hidden_layer_sizes, image_shape)
+            net = self._build_net(network, device, seed, end_state=end_state)
+            if resumed_from is None:
+                net.fit(dataset, y=None)
+            else:
+                self._resume(net, load_state(resumed_from, device), fingerprint, device)
+                net.partial_fit(dataset, epochs=self.max_epochs - len(net.history))
+            self._after_training(net, dataset, end_state, device)
+        return self._set_fitted_state(net, X, embedding_dim, device)
 
+    def _fingerprint(self, X) -> dict:
+        """What a checkpoint must match to be resumed by a fit of ``X``."""
+        return {
+            **data_fingerprint(X),
+            "n_clusters": self.n_clusters,
+            "n_heads": self.n_heads,
+            "label_mode": self.label_mode,
+            "propagation": self._uses_propagation(),
+        }
+
+    def _checkpoint_to_resume(self) -> bytes | None:
+        if self.checkpoint_dir is not None and self.accelerator is not None:
+            raise ValueError("checkpoint_dir is not supported with an accelerator.")
+        if not self.warm_start:
+            return None
+        if self.checkpoint_dir is None:
+            raise ValueError(
+                "warm_start=True resumes from the checkpoint in checkpoint_dir; set "
+                "checkpoint_dir (a fit that finds no checkpoint there starts afresh)."
+            )
+        return read_checkpoint(self.checkpoint_dir)
+
+    def _resume(self, net, state: dict, fingerprint: dict, device: torch.device) -> None:
+        """Load a checkpoint's ``state`` into the freshly built ``net``."""
+        saved = state["fingerprint"]
+        differences = [
+            f"{key} {saved.get(key)!r} in the checkpoint, {value!r} now"
+            for key, value in fingerprint.items()
+            if saved.get(key) != value
+        ]
+        if differences:
+            raise ValueError(
+                f"checkpoint_dir={str(self.checkpoint_dir)!r} holds the checkpoint of another "
+                f"fit ({'; '.join(differences)}). Start afresh with warm_start=False, or use "
+                "another checkpoint_dir."
+            )
+        n_done = len(state["history"])
+        if n_done > self.max_epochs:
+            raise ValueError(
+                f"The checkpoint in checkpoint_dir holds {n_done} epochs, more than "
+                f"max_epochs={self.max_epochs}."
+            )
+        net.initialize()
+        try:
+            restore_training_state(net, state)
+        except RuntimeError as exc:  # load_state_dict: weights of a different network
+            raise ValueError(
+                "The checkpoint in checkpoint_dir holds a different network (module, "
+                f"hidden_layer_sizes, embedding_dim or image_shape changed): {exc}"
+            ) from None
+        restore_torch_rng(state, device)
+
+    def _after_training(self, net, dataset, end_state: EpochEndState, device) -> None:
+        """Check that training ran to the end; act on an interruption as ``on_interrupt`` says.
+
+        skorch ends training quietly on a KeyboardInterrupt (Ctrl-C) and returns, so a net
+        cut off mid-training is told apart by its count of completed epochs.
+        """
+        last_state = end_state.release()
+        n_done = end_state.n_completed_epochs_
+        if n_done >= self.max_epochs:
+            return
+        if last_state is None:  # on_interrupt="restore", or no epoch had completed
+            raise KeyboardInterrupt(
+                f"fit was interrupted after {n_done} of {self.max_epochs} epochs; the "
+                "estimator is left as it was before fit."
+            )
+        restore_training_state(net, load_state(last_state, device))
+        net.notify("on_train_end", X=dataset, y=None)
+        warnings.warn(
+            f"fit was interrupted in epoch {n_done + 1} of {self.max_epochs}; the estimator "
+            f"is fitted from the state after epoch {n_done}, the last completed one "
+            "(on_interrupt='keep').",
+            UserWarning,
+            stacklevel=5,
+        )
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None) -> SelfLabelingClusterer:
+        """Train one epoch on the chunk ``X``, continuing from the previous calls (or ``fit``).
+
+        The first call builds the network, with the input standardisation estimated on that
+        chunk. In online mode each batch of the chunk gets its labels from Sinkhorn over the
+        batch plus the queue, which carries over from call to call: the natural mode for
+        streams and out-of-core data. In offline mode a label step over the whole chunk
+        (Sinkhorn on its clean logits, warm-started from the previous chunk) gives the chunk's
+        labels, and the epoch trains against them; memory then grows with the chunk size.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            A chunk of training data, at least two rows; out-of-core inputs are read by batch,
+            as in ``fit``.
+        y : None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        self : SelfLabelingClusterer
+            The updated estimator; ``labels_`` holds the clusters of this chunk's rows.
+        """
+        first_call = not hasattr(self, "net_")
+        X = self._checked_rows(X, reset=first_call, ensure_min_samples=2)
+        if self.accelerator is not None:
+            raise ValueError("partial_fit does not support an accelerator; use fit.")
+        if not first_call and isinstance(self.net_, OnlineSelfLabelNet) != (
+            self.label_mode == "online"
+        ):
+            raise ValueError(
+                f"label_mode={self.label_mode!r} differs from the mode the network was trained "
+                "in; call fit to start over in the new mode."
+            )
+        device = self._training_device() if first_call else torch.device(self.device_)
+        seed = _seed_from(self.random_state)
+        # Each call draws its augmentations from its own seed, so a repeated sequence of
+        # calls with an integer random_state is reproducible.
+        with _isolated_torch_rng(seed + (0 if first_call else self.n_iter_), device):
+            if first_call:
+                image_shape = self._checked_image_shape(X.shape[1])
+                network, embedding_dim = self._build_network(
+                    X, self._checked_hidden_layer_sizes(), image_shape
+                )
+                net = self._build_net(network, device, seed, chunked=True)
+            else:
+                net, embedding_dim = self.net_, self.embedding_dim_
+                if type(dict(net.callbacks_)["label_step"]) is LabelStep:
+                    # Continuing a full-data fit: its scheduled steps index the fit's rows.
+                    net.set_params(callbacks__label_step=self._chunk_label_step().initialize())
+            net.partial_fit(IndexedRows(X), epochs=1)
+        return self._set_fitted_state(net, X, embedding_dim, device)
+
+    def _set_fitted_state(self, net, X, embedding_dim: int, device) -> SelfLabelingClusterer:
+        # Inference never switches a network that is in eval mode (see evaluate_rows), so
+        # predict calls from several threads at once only read it.
+        net.module_.eval()
+        if isinstance(net, OnlineSelfLabelNet):
+            head_losses = dict(net.callbacks_)["label_step"].head_losses_
+        else:
+            head_losses = net.head_losses(net.evaluate_rows(X, self._batch_rows()))
         self.net_ = net
-        self.best_head_ = best_head
+        self.best_head_ = int(np.argmin(head_losses))
         self.head_losses_ = head_losses
         self.embedding_dim_ = embedding_dim
         self.device_ = str(device)
         self.n_iter_ = len(net.history)
-        self.labels_ = logits[best_head].argmax(dim=1).cpu().numpy().astype(np.int64)
+        self.labels_ = self._batched_outputs(X, "logits", _labels)
         return self
+
+    def _checked_rows(self, X, *, reset: bool, ensure_min_samples: int = 1):
+        """``validate_data``, except that out-of-core inputs are checked chunk by chunk."""
+        if is_out_of_core(X):
+            check_out_of_core(X, ensure_min_samples=ensure_min_samples)
+            validate_data(self, X, skip_check_array=True, reset=reset)
+            return X
+        return validate_data(
+            self,
+            X,
+            accept_sparse="csr",
+            dtype=_INPUT_DTYPES,
+            reset=reset,
+            ensure_min_samples=ensure_min_samples,
+        )
+
+    def _training_device(self) -> torch.device:
+        if self.accelerator is None:
+            return _resolve_device(self.device)
+        if self.accelerator.device_placement:
+            raise ValueError(
+                "Create the accelerator with Accelerator(device_placement=False): the estimator "
+                "places the network and its batches on accelerator.device itself."
+            )
+        if self._uses_propagation():
+            raise ValueError(
+                "propagation is not supported with an accelerator; set propagation=False "
+                "or use label_mode='online'."
+            )
+        return torch.device(self.accelerator.device)
+
+    def _uses_propagation(self) -> bool:
+        """Whether the fit trains with invariance propagation (``"auto"``: for images)."""
+        if self.label_mode != "offline":
+            return False
+        if self.propagation == "auto":
+            return self.image_shape is not None
+        return bool(self.propagation)
 
     def _checked_hidden_layer_sizes(self) -> tuple[int, ...]:
         sizes = np.asarray(self.hidden_layer_sizes).reshape(-1)
@@ -284,9 +589,29 @@ class SelfLabelingClusterer(
             )
         return tuple(int(s) for s in sizes)
 
-    def _build_network(self, X, hidden_layer_sizes) -> tuple[SelfLabelNetwork, int]:
+    def _checked_image_shape(self, n_features: int) -> tuple[int, int, int] | None:
+        """``image_shape`` as ``(C, H, W)``, checked against the number of features."""
+        if self.image_shape is None:
+            return None
+        shape = np.asarray(self.image_shape).reshape(-1).tolist()
+        if not (len(shape) in (2, 3) and all(isinstance(s, Integral) and s >= 1 for s in shape)):
+            raise ValueError(
+                "image_shape must be (height, width) or (channels, height, width) of positive "
+                f"integers, got {self.image_shape!r}."
+            )
+        shape = ([1] if len(shape) == 2 else []) + [int(s) for s in shape]
+        if int(np.prod(shape)) != n_features:
+            raise ValueError(
+                f"image_shape={tuple(self.image_shape)} holds {int(np.prod(shape))} pixels but X "
+                f"has {n_features} features; rows must be images flattened in C, H, W order."
+            )
+        return tuple(shape)
+
+    def _build_network(self, X, hidden_layer_sizes, image_shape) -> tuple[SelfLabelNetwork, int]:
         n_features = X.shape[1]
-        if self.module is None:
+        if self.module is None and image_shape is not None:
+            encoder = ConvEncoder(image_shape, embedding_dim=self.embedding_dim)
+        elif self.module is None:
             encoder = MLPEncoder(n_features, hidden_layer_sizes, self.embedding_dim)
         else:
             encoder = self.module(n_features=n_features, **(self.module_params or {}))
@@ -295,94 +620,188 @@ class SelfLabelingClusterer(
                     f"module must build a torch.nn.Module, got {type(encoder).__name__}."
                 )
         embedding_dim = _output_size(encoder, n_features)
-        mean, scale = _feature_mean_and_scale(X)
+        mean, scale = _feature_mean_and_scale(X, image_shape)
         network = SelfLabelNetwork(
             encoder,
             MultiHeadClassifier(embedding_dim, self.n_clusters, self.n_heads),
             torch.from_numpy(mean),
             torch.from_numpy(scale),
-            TabularAugment(self.augment_strength),
+            TabularAugment(self.augment_strength)
+            if image_shape is None
+            else ImageAugment(image_shape, self.augment_strength),
         )
         return network, embedding_dim
 
-    def _build_net(self, network: SelfLabelNetwork, device: torch.device, seed: int):
-        label_step = LabelStep(
-            frozenset(label_step_epochs(self.max_epochs, self.n_label_steps).tolist()),
-            n_clusters=self.n_clusters,
-            n_heads=self.n_heads,
-            lamb=self.sinkhorn_lambda,
-            tol=self.sinkhorn_tol,
-            max_iter=self.sinkhorn_max_iter,
-            batch_size=self.batch_size,
-            seed=seed,
-        )
-        return SelfLabelNet(
+    def _build_net(
+        self,
+        network: SelfLabelNetwork,
+        device: torch.device,
+        seed: int,
+        *,
+        chunked: bool = False,
+        end_state: EpochEndState | None = None,
+    ):
+        if self.label_mode == "online":
+            label_step = OnlineLabelStep(
+                n_clusters=self.n_clusters,
+                n_heads=self.n_heads,
+                queue_size=self.queue_size,
+                lamb=self.sinkhorn_lambda,
+                n_iter=self.online_sinkhorn_iter,
+            )
+        elif chunked:
+            label_step = self._chunk_label_step()
+        else:
+            label_step = LabelStep(
+                frozenset(label_step_epochs(self.max_epochs, self.n_label_steps).tolist()),
+                seed=seed,
+                **self._offline_label_params(),
+            )
+        callbacks = [("label_step", label_step), ("finite_loss", FiniteLossGuard())]
+        if self._uses_propagation():
+            refresh = PropagationRefresh(
+                label_step.epochs,
+                n_neighbors=self.propagation_neighbors,
+                n_hops=self.propagation_hops,
+                n_positives=self.propagation_positives,
+                weight=self.propagation_weight,
+                batch_size=self._batch_rows(),
+                seed=seed,
+                **_PROPAGATION_SETTINGS,
+            )
+            callbacks.append(("propagation", refresh))
+        if self.verbose == 1:
+            main_process = self.accelerator is None or self.accelerator.is_local_main_process
+            callbacks.append(("progress", EpochProgress(disable=not main_process)))
+        if end_state is not None:
+            # Last, so that an epoch counts as completed once everything above has run.
+            callbacks.append(("epoch_end_state", end_state))
+        return self._net_class()(
             module=network,
             criterion=nn.CrossEntropyLoss,
             optimizer=torch.optim.Adam,
             lr=self.lr,
             optimizer__weight_decay=self.weight_decay,
             max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
+            batch_size=self._batch_rows(),
             train_split=None,
             iterator_train=shuffled_batch_loader,
             iterator_train__rng=np.random.default_rng(seed),
-            callbacks=[("label_step", label_step), ("finite_loss", FiniteLossGuard())],
+            callbacks=callbacks,
             device=str(device),
-            verbose=self.verbose,
+            verbose=int(self.verbose >= 2),  # skorch's per-epoch table
+            **self._accelerator_params(),
         )
+
+    def _accelerator_params(self) -> dict:
+        if self.accelerator is None:
+            return {}
+        # skorch's AccelerateMixin prints through accelerator.print whatever verbose says.
+        sink = self.accelerator.print if self.verbose >= 2 else print
+        return {"accelerator": self.accelerator, "callbacks__print_log__sink": sink}
+
+    def _chunk_label_step(self) -> ChunkLabelStep:
+        return ChunkLabelStep(**self._offline_label_params())
+
+    def _offline_label_params(self) -> dict:
+        return dict(
+            n_clusters=self.n_clusters,
+            n_heads=self.n_heads,
+            lamb=self.sinkhorn_lambda,
+            tol=self.sinkhorn_tol,
+            max_iter=self.sinkhorn_max_iter,
+            batch_size=self._batch_rows(),
+        )
+
+    def _batch_rows(self) -> int:
+        if self.batch_size == "auto":
+            return 1024 if self.label_mode == "online" else 256
+        return self.batch_size
+
+    def _net_class(self) -> type[SelfLabelNet]:
+        online = self.label_mode == "online"
+        if self.accelerator is None:
+            return OnlineSelfLabelNet if online else SelfLabelNet
+        # skorch.hf is slow to import; only accelerated fits pay for it.
+        from ._accelerate import AcceleratedOnlineSelfLabelNet, AcceleratedSelfLabelNet
+
+        return AcceleratedOnlineSelfLabelNet if online else AcceleratedSelfLabelNet
 
     # ------------------------------------------------------------ inference
 
-    def _validated(self, X):
-        check_is_fitted(self)
-        return validate_data(self, X, accept_sparse="csr", dtype=_INPUT_DTYPES, reset=False)
+    def _batched_outputs(self, X, output: str, finish) -> np.ndarray:
+        """``finish`` of the network's ``output`` for each batch of rows, written into one array.
 
-    def _head_logits(self, X) -> torch.Tensor:
-        X = self._validated(X)
-        return self.net_.evaluate_rows(X, self.batch_size, head=self.best_head_)
+        Memory is the result plus one batch, for any input size. ``output="logits"`` gives
+        the logits of ``best_head_``; ``"embedding"`` the embedding.
+        """
+        head = self.best_head_ if output == "logits" else None
+        result = None
+        batch_rows = self._batch_rows()
+        for start in range(0, X.shape[0], batch_rows):
+            rows = dense_rows(X, start, start + batch_rows)
+            part = finish(self.net_.evaluate_rows(rows, len(rows), output=output, head=head))
+            if result is None:
+                result = np.empty((X.shape[0], *part.shape[1:]), dtype=part.dtype)
+            result[start : start + len(rows)] = part
+        return result
+
+    def _inference(self, X, method: str, output: str, finish, n_columns: int | None, dtype):
+        """Shared body of ``predict``, ``predict_proba`` and ``transform``."""
+        check_is_fitted(self)
+        if is_dask_array(X):
+            return map_row_blocks(self, method, X, dtype=dtype, n_columns=n_columns)
+        return self._batched_outputs(self._checked_rows(X, reset=False), output, finish)
 
     def predict(self, X) -> np.ndarray:
         """Cluster of each row of ``X``, from the head ``best_head_``.
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
+            Read one batch at a time. A ``dask.array.Array`` gives a dask array, computed
+            block by block (on a Dask cluster, if one is in use) when asked for.
 
         Returns
         -------
-        labels : ndarray of shape (n_samples,), dtype int64, values in ``0 .. n_clusters - 1``
+        labels : ndarray or dask array of shape (n_samples,), dtype int64
+            Values in ``0 .. n_clusters - 1``.
         """
-        return self._head_logits(X).argmax(dim=1).cpu().numpy().astype(np.int64)
+        return self._inference(X, "predict", "logits", _labels, None, np.int64)
 
     def predict_proba(self, X) -> np.ndarray:
         """Cluster probabilities ``p(y | x)`` of each row of ``X``, from the head ``best_head_``.
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
+            As in ``predict``.
 
         Returns
         -------
-        proba : ndarray of shape (n_samples, n_clusters), dtype float64
+        proba : ndarray or dask array of shape (n_samples, n_clusters), dtype float64
             Rows sum to one.
         """
-        logits = self._head_logits(X).double()
-        return torch.softmax(logits, dim=1).cpu().numpy()
+        return self._inference(
+            X, "predict_proba", "logits", _probabilities, self.n_clusters, np.float64
+        )
 
     def transform(self, X) -> np.ndarray:
         """The learned embedding ``Φ(X)``.
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
+            As in ``predict``.
 
         Returns
         -------
-        embedding : ndarray of shape (n_samples, embedding_dim_), dtype float32
+        embedding : ndarray or dask array of shape (n_samples, embedding_dim_), dtype float32
         """
-        X = self._validated(X)
-        return self.net_.evaluate_rows(X, self.batch_size, output="embedding").cpu().numpy()
+        check_is_fitted(self)  # before embedding_dim_ is read
+        return self._inference(
+            X, "transform", "embedding", _to_numpy, self.embedding_dim_, np.float32
+        )
 
     def score(self, X, y=None) -> float:
         """Normalised mutual information between samples and clusters under the model.
@@ -411,6 +830,13 @@ class SelfLabelingClusterer(
             return 0.0  # one cluster carries no information about the samples
         return float(_information(proba) / np.log(self.n_clusters))
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "net_" in state:
+            # A network pickled on CUDA unpickles onto the CPU where CUDA is absent (skorch
+            # warns); the estimator follows it.
+            self.device_ = str(self.net_.device)
+
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "net_")
 
@@ -425,6 +851,18 @@ class SelfLabelingClusterer(
         return tags
 
 
+def _labels(logits: torch.Tensor) -> np.ndarray:
+    return logits.argmax(dim=1).cpu().numpy()
+
+
+def _probabilities(logits: torch.Tensor) -> np.ndarray:
+    return torch.softmax(logits.double(), dim=1).cpu().numpy()
+
+
+def _to_numpy(embedding: torch.Tensor) -> np.ndarray:
+    return embedding.cpu().numpy()
+
+
 def _information(proba: np.ndarray) -> float:
     """Mutual information between the row index and the label under ``proba``."""
     marginal = proba.mean(axis=0)
@@ -433,12 +871,23 @@ def _information(proba: np.ndarray) -> float:
     return max(entropy_of_mean - mean_entropy, 0.0)
 
 
-def _feature_mean_and_scale(X) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation (1 where constant), float32, sparse-aware."""
+def _feature_mean_and_scale(X, image_shape=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (1 where constant), float32, sparse-aware.
+
+    For images the statistics are per channel, spread over that channel's pixels, so that a
+    shifted image is standardised like the original.
+    """
     if sp.issparse(X):
         mean, var = mean_variance_axis(X, axis=0)
     else:
-        mean, var = X.mean(axis=0, dtype=np.float64), X.var(axis=0, dtype=np.float64)
+        mean, var = column_mean_and_variance(X)
+    if image_shape is not None:
+        channel_mean = mean.reshape(image_shape[0], -1).mean(axis=1, keepdims=True)
+        # total variance of the channel = mean within-pixel variance + variance of pixel means
+        channel_var = var.reshape(image_shape[0], -1) + mean.reshape(image_shape[0], -1) ** 2
+        channel_var = channel_var.mean(axis=1, keepdims=True) - channel_mean**2
+        pixels = np.ones((1, int(np.prod(image_shape[1:]))))
+        mean, var = (channel_mean * pixels).ravel(), (channel_var * pixels).ravel()
     scale = np.sqrt(var)
     scale[scale < 1e-12 * np.maximum(np.abs(mean), 1.0)] = 1.0
     return mean.astype(np.float32), scale.astype(np.float32)

@@ -60,27 +60,43 @@ class MultiHeadClassifier(nn.Module):
         return logits.view(-1, self.n_heads, self.n_clusters).transpose(0, 1)
 
 
-class TabularAugment(nn.Module):
-    """Training views of tabular rows: Gaussian noise and feature masking, in standardised units.
+class ConvEncoder(nn.Module):
+    """Small convolutional encoder ``Φ`` for flattened images.
 
-    Active only in training mode, like dropout, so that inference and the label step see clean rows.
+    Three ``Conv 3x3, BatchNorm, ReLU`` blocks (max-pooling after the first two), global
+    average pooling and a linear embedding. Rows of length ``C * H * W`` are viewed as
+    ``(C, H, W)`` images.
 
     Parameters
     ----------
-    strength : float
-        Noise standard deviation (in units of each feature's standard deviation); a feature is
-        masked to its mean with probability ``strength / 2``. ``0`` disables the augmentation.
+    image_shape : tuple of int
+        ``(C, H, W)``.
+    channels : sequence of int
+        Output channels of the three blocks.
+    embedding_dim : int
+        Size of the embedding returned by ``forward``.
     """
 
-    def __init__(self, strength: float) -> None:
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        channels: Sequence[int] = (32, 64, 128),
+        embedding_dim: int = 64,
+    ) -> None:
         super().__init__()
-        self.strength = strength
+        self.image_shape = tuple(image_shape)
+        layers: list[nn.Module] = []
+        width = self.image_shape[0]
+        for i, size in enumerate(channels):
+            layers += [nn.Conv2d(width, size, 3, padding=1), nn.BatchNorm2d(size), nn.ReLU()]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            width = size
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, embedding_dim)]
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.strength == 0:
-            return x
-        keep = torch.rand_like(x) >= self.strength / 2
-        return x * keep + self.strength * torch.randn_like(x)
+        return self.layers(x.reshape(-1, *self.image_shape))
 
 
 class SelfLabelNetwork(nn.Module):

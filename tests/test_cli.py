@@ -20,7 +20,6 @@ TINY = [
     "--batch-size", "32", "--max-epochs", "5", "--random-state", "0",
 ]  # fmt: skip
 N_SAMPLES, N_FEATURES, N_CLUSTERS = 90, 4, 3
-IMAGE_AWARE = "image_shape" in SelfLabelingClusterer().get_params()
 
 
 def write_csv(path: Path, X: np.ndarray, names: list[str]) -> Path:
@@ -287,38 +286,19 @@ def test_parquet_text_column_is_an_error(fitted, tmp_path, capsys):
     assert_one_error_line(capsys, "column 'b' holds string values, not numbers")
 
 
-@pytest.mark.skipif(IMAGE_AWARE, reason="this version has image-aware mode")
-def test_image_shape_needs_image_aware_mode(fitted, tmp_path, capsys):
-    out = tmp_path / "labels.csv"
-    argv = ["fit", str(fitted.data), "--n-clusters", "3", "--image-shape", "2", "2", "-o", str(out)]
-    assert main(argv) == 2
-    assert_one_error_line(capsys, "image-aware mode is not available in this version")
-    assert not out.exists()
-
-
-class _ImageAwareClusterer(SelfLabelingClusterer):
-    """Stands in for a version with ``image_shape``; its fit only sets ``labels_``."""
-
-    def __init__(self, n_clusters=8, *, image_shape=None, **params):
-        super().__init__(n_clusters, **params)
-        self.image_shape = image_shape
-
-    @classmethod
-    def _get_param_names(cls):
-        return sorted([*SelfLabelingClusterer._get_param_names(), "image_shape"])
-
-    def fit(self, X, y=None):
-        self.labels_ = np.zeros(len(X), dtype=np.int64)
-        return self
-
-
-def test_image_shape_is_passed_when_the_estimator_has_it(fitted, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "SelfLabelingClusterer", _ImageAwareClusterer)
+def test_image_shape_fits_an_image_model(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 16)).astype(np.float32)
+    data = tmp_path / "images.npy"
+    np.save(data, X)
     out, model = tmp_path / "labels.csv", tmp_path / "model.joblib"
-    argv = ["fit", str(fitted.data), "--n-clusters", "3", "--image-shape", "2", "2", "-q"]
-    assert main([*argv, "-o", str(out), "--save", str(model)]) == 0
-    assert joblib.load(model).image_shape == (2, 2)
-    assert read_labels(out).shape == (N_SAMPLES,)
+    argv = ["fit", str(data), "--n-clusters", "2", "--image-shape", "4", "4", "-q"]
+    tiny = ["--embedding-dim", "8", "--n-heads", "2", "--batch-size", "16", "--max-epochs", "2"]
+    assert main([*argv, *tiny, "-o", str(out), "--save", str(model)]) == 0
+    fitted = joblib.load(model)
+    assert fitted.image_shape == (4, 4)
+    assert read_labels(out).shape == (40,)
+    np.testing.assert_array_equal(read_labels(out), fitted.predict(X))
 
 
 def test_failed_label_write_leaves_no_file(fitted, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,214 @@
+"""Training state at epoch ends: what an interrupted fit keeps and a crashed fit resumes from.
+
+The state of a fit after an epoch is everything its next epoch depends on: the module's and
+the optimizer's ``state_dict``, the history, the net's label table and invariance-propagation
+memory bank, the label step's solver state, and the random states of the batch order and of
+torch (which draws the augmentations). ``EpochEndState`` serialises it after every completed
+epoch, into memory for ``on_interrupt="keep"`` and atomically into ``checkpoint_dir`` for
+``warm_start=True``; ``restore_training_state`` loads it into a freshly initialised net.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+from skorch.history import History
+
+from ._data import dense_rows
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# Bumped whenever the layout of the state changes, so that an old checkpoint is refused
+# with a clear message rather than half-loaded.
+_FORMAT = 1
+# Attributes of the net that hold training state beyond the module and the optimizer.
+_NET_ATTRIBUTES = ("label_table_", "propagation_")
+# Rows hashed into a checkpoint's fingerprint of the training data.
+_FINGERPRINT_ROWS = 64
+
+
+def data_fingerprint(X) -> dict:
+    """Shape and a hash of evenly spaced rows of ``X``: cheap for any input, even on disk.
+
+    It tells a checkpoint of other data from one of ``X`` in practice; it is not a checksum
+    of every value.
+    """
+    n_samples, n_features = X.shape
+    rows = np.unique(np.linspace(0, n_samples - 1, _FINGERPRINT_ROWS).astype(np.int64))
+    digest = hashlib.blake2b(dense_rows(X, index=rows).tobytes(), digest_size=16).hexdigest()
+    return {"n_samples": int(n_samples), "n_features": int(n_features), "data_hash": digest}
+
+
+def training_state(net) -> dict:
+    """The state of ``net`` that the next epoch depends on (references, not copies)."""
+    label_step = dict(net.callbacks_)["label_step"]
+    device = torch.device(net.device)
+    state = {
+        "format": _FORMAT,
+        "module": net.module_.state_dict(),
+        "optimizer": net.optimizer_.state_dict(),
+        "history": list(net.history),
+        "net": {name: getattr(net, name, None) for name in _NET_ATTRIBUTES},
+        # Fitted attributes of the label step (sklearn's trailing-underscore convention).
+        "label_step": {
+            name: value
+            for name, value in vars(label_step).items()
+            if name.endswith("_") and not name.startswith("_")
+        },
+        "batch_order_rng": net.iterator_train__rng.bit_generator.state,
+        # numpy, so that map_location never moves a generator state off the CPU
+        "torch_rng": torch.get_rng_state().numpy(),
+    }
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device).numpy()
+    return state
+
+
+def restore_training_state(net, state: dict) -> None:
+    """Load ``state`` (from ``training_state``) into an initialised ``net``.
+
+    The torch random state is restored separately, by ``restore_torch_rng``, inside the fit's
+    own random-state context.
+    """
+    net.module_.load_state_dict(state["module"])
+    net.optimizer_.load_state_dict(state["optimizer"])
+    net.history_ = History(state["history"])
+    for name, value in state["net"].items():
+        setattr(net, name, value)
+    vars(dict(net.callbacks_)["label_step"]).update(state["label_step"])
+    net.iterator_train__rng.bit_generator.state = state["batch_order_rng"]
+
+
+def restore_torch_rng(state: dict, device: torch.device) -> None:
+    """Set torch's random state (CPU, and CUDA when training there) to that of ``state``."""
+    torch.set_rng_state(torch.from_numpy(state["torch_rng"]))
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(torch.from_numpy(state["cuda_rng"]), device)
+
+
+def dump_state(state: dict) -> bytes:
+    """``state`` serialised, which also copies it away from the live tensors."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_state(blob: bytes, device: torch.device | str) -> dict:
+    """A state serialised by ``dump_state``, its tensors on ``device``.
+
+    A checkpoint is a pickle: load only checkpoints that you wrote yourself.
+    """
+    state = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise ValueError(
+            "the checkpoint was written by another version of sklearn-selflabel; start over "
+            "with warm_start=False."
+        )
+    return state
+
+
+def read_checkpoint(directory: str | os.PathLike) -> bytes | None:
+    """The bytes of the checkpoint in ``directory``, or None when there is none."""
+    try:
+        return (Path(directory) / CHECKPOINT_NAME).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def write_atomically(
+    path: Path, write: Callable[[BinaryIO], object], *, mode: int | None = None
+) -> None:
+    """Write ``path`` through a temporary file beside it, ``fsync`` and a rename.
+
+    A failure or a crash at any point leaves ``path`` as it was (absent or the previous
+    version); a failure removes the temporary file. The file gets ``mode`` when given, else
+    it stays private (0600) as ``mkstemp`` creates it.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())  # the rename must not land before the data do
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class EpochEndState(Callback):
+    """Serialise the training state after every completed epoch.
+
+    It must come after the estimator's other callbacks, so that an epoch counts as completed
+    once its label step has run.
+
+    Parameters
+    ----------
+    keep_last : bool
+        Keep the latest state in memory, as ``last_state_`` (bytes).
+    directory : str, path-like or None
+        Write the latest state, with ``fingerprint``, to ``directory / CHECKPOINT_NAME``,
+        atomically; the directory is created when missing.
+    fingerprint : dict or None
+        What a fit that resumes from the checkpoint must match: the data and the shape of
+        the problem. Needed with ``directory``.
+    resumed_from : bytes or None, default=None
+        The state a resumed fit starts from, which counts as its latest until an epoch
+        completes.
+
+    Attributes
+    ----------
+    n_completed_epochs_ : int
+        Epochs completed so far, those of a resumed fit's checkpoint included. skorch ends
+        training quietly on a KeyboardInterrupt; this tells such a fit from a finished one.
+    last_state_ : bytes or None
+        With ``keep_last``, the state after the latest completed epoch.
+    """
+
+    def __init__(
+        self,
+        *,
+        keep_last: bool,
+        directory: str | os.PathLike | None,
+        fingerprint: dict | None,
+        resumed_from: bytes | None = None,
+    ) -> None:
+        self.keep_last = keep_last
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.resumed_from = resumed_from
+
+    def on_train_begin(self, net, **kwargs) -> None:
+        self.n_completed_epochs_ = len(net.history)
+        self.last_state_ = self.resumed_from if self.keep_last else None
+        if self.directory is not None:
+            Path(self.directory).mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_end(self, net, **kwargs) -> None:
+        if self.keep_last or self.directory is not None:
+            blob = dump_state({**training_state(net), "fingerprint": self.fingerprint})
+            if self.directory is not None:
+                path = Path(self.directory) / CHECKPOINT_NAME
+                write_atomically(path, lambda file: file.write(blob))
+            if self.keep_last:
+                self.last_state_ = blob
+        # Last: an interruption anywhere above leaves the epoch uncounted.
+        self.n_completed_epochs_ = len(net.history)
+
+    def release(self) -> bytes | None:
+        """Hand over ``last_state_`` and forget it (a fitted model need not carry it)."""
+        last, self.last_state_ = self.last_state_, None
+        self.resumed_from = None
+        return last

@@ -1,0 +1,214 @@
+"""Invariance propagation: positives found by following nearest-neighbour links, hardest kept.
+
+Wang et al. (NeurIPS 2020) learn invariance to category-level variation by treating as
+positives of a sample the points reachable from it through a few hops of k-nearest-neighbour
+links in the embedding (high-density regions of one category), and training with the hardest
+(least similar) of them. The pure functions here find those positives; ``InvariancePropagation``
+holds the memory bank and the loss used during training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def nearest_neighbors(features: torch.Tensor, n_neighbors: int, chunk_size: int = 2048):
+    """Exact cosine k nearest neighbours of every row among the others, in row chunks.
+
+    Parameters
+    ----------
+    features : torch.Tensor of shape (n_samples, n_dims)
+        Rows are L2-normalised here; no ``n_samples x n_samples`` matrix is formed, only
+        ``chunk_size x n_samples`` blocks.
+    n_neighbors : int
+        Number of neighbours ``k`` per row (at most ``n_samples - 1``).
+    chunk_size : int
+        Rows per block.
+
+    Returns
+    -------
+    indices : torch.Tensor of shape (n_samples, k), int64
+        Neighbours of each row, most similar first; a row is never its own neighbour.
+    """
+    features = F.normalize(features.float(), dim=1)
+    n_samples = features.shape[0]
+    k = min(n_neighbors, n_samples - 1)
+    parts = []
+    for start in range(0, n_samples, chunk_size):
+        block = features[start : start + chunk_size] @ features.T
+        rows = torch.arange(block.shape[0], device=block.device)
+        block[rows, rows + start] = -float("inf")
+        parts.append(block.topk(k, dim=1).indices)
+    return torch.cat(parts)
+
+
+def propagate(neighbors: np.ndarray, n_hops: int) -> sp.csr_matrix:
+    """Points reachable from each row within ``n_hops`` nearest-neighbour links.
+
+    Parameters
+    ----------
+    neighbors : ndarray of shape (n_samples, k), int
+        The k nearest neighbours of each row.
+    n_hops : int
+        Number of hops ``l``; 1 gives the neighbours themselves.
+
+    Returns
+    -------
+    reachable : scipy.sparse.csr_matrix of shape (n_samples, n_samples), bool
+        ``reachable[i, j]`` when ``j != i`` can be reached from ``i``: at most ``k + k**2 + ...
+        + k**l`` entries per row.
+    """
+    n_samples, k = neighbors.shape
+    row_starts = np.arange(0, neighbors.size + 1, k)
+    links = sp.csr_matrix(
+        (np.ones(neighbors.size, dtype=bool), neighbors.ravel(), row_starts),
+        shape=(n_samples, n_samples),
+    )
+    reachable = frontier = links
+    for _ in range(n_hops - 1):
+        frontier = frontier @ links
+        reachable = reachable + frontier
+    reachable = reachable.tolil()
+    reachable.setdiag(False)
+    reachable = reachable.tocsr()
+    reachable.eliminate_zeros()
+    return reachable
+
+
+@torch.no_grad()
+def hardest_positives(
+    features: torch.Tensor, neighbors: torch.Tensor, n_hops: int, n_positives: int
+) -> torch.Tensor:
+    """The ``n_positives`` least similar points among those reachable by propagation.
+
+    Parameters
+    ----------
+    features : torch.Tensor of shape (n_samples, n_dims)
+        Embedding in which similarity is measured (L2-normalised here).
+    neighbors : torch.Tensor of shape (n_samples, k)
+        Nearest neighbours of each row, as from ``nearest_neighbors``.
+    n_hops : int
+        Propagation depth ``l``.
+    n_positives : int
+        Number of hard positives per row.
+
+    Returns
+    -------
+    positives : torch.Tensor of shape (n_samples, n_positives), int64, on ``features``' device
+        Least similar first. Rows with fewer reachable points repeat their hardest ones.
+    """
+    features = F.normalize(features.float(), dim=1)
+    reachable = propagate(neighbors.cpu().numpy(), n_hops)
+    n_samples = reachable.shape[0]
+    counts = np.diff(reachable.indptr)
+    rows = np.repeat(np.arange(n_samples), counts)
+    cols = torch.from_numpy(reachable.indices.astype(np.int64)).to(features.device)
+    rows_t = torch.from_numpy(rows).to(features.device)
+    similarity = (features[rows_t] * features[cols]).sum(dim=1)
+    # Pad every row to the same width with +inf similarity (never hard), then take the lowest.
+    width = int(counts.max())
+    offsets = torch.from_numpy(np.arange(len(rows)) - np.repeat(reachable.indptr[:-1], counts))
+    padded_sim = torch.full((n_samples, width), float("inf"), device=features.device)
+    padded_idx = torch.zeros((n_samples, width), dtype=torch.int64, device=features.device)
+    offsets = offsets.to(features.device)
+    padded_sim[rows_t, offsets] = similarity
+    padded_idx[rows_t, offsets] = cols
+    order = padded_sim.argsort(dim=1)[:, :n_positives]
+    positives = torch.gather(padded_idx, 1, order)
+    # repeat the hardest positives where a row has fewer than n_positives reachable points
+    have = torch.from_numpy(np.minimum(counts, n_positives)).to(features.device)
+    slot = torch.arange(n_positives, device=features.device).expand(n_samples, -1)
+    slot = torch.remainder(slot, have.clamp(min=1).unsqueeze(1))
+    return torch.gather(positives, 1, slot)
+
+
+class InvariancePropagation:
+    """Memory bank, propagated hard positives and the training term of invariance propagation.
+
+    The term is a softmax over memory-bank similarities in which the sample itself and its
+    hard positives count as the correct class, against ``n_negatives`` random bank entries
+    ``N``: with ``s_j = v_j . f_i / tau``, the term is
+    ``-log( sum_{p in {i} + P(i)} exp(s_p) / sum_{j in {i} + P(i) + N} exp(s_j) )``.
+
+    Parameters
+    ----------
+    bank : torch.Tensor of shape (n_samples, n_dims)
+        Initial memory bank (L2-normalised here).
+    positives : torch.Tensor of shape (n_samples, n_positives), int64
+    temperature : float
+    momentum : float
+        Bank update ``v_i <- normalise(momentum * v_i + (1 - momentum) * f_i)``.
+    n_negatives : int
+        Random bank entries per batch used as negatives.
+    generator : torch.Generator
+        Draws the negatives, on the bank's device.
+    """
+
+    def __init__(
+        self,
+        bank: torch.Tensor,
+        positives: torch.Tensor,
+        *,
+        temperature: float,
+        momentum: float,
+        n_negatives: int,
+        generator: torch.Generator,
+        weight: float = 1.0,
+        label_weight: float = 0.0,
+    ) -> None:
+        self.bank = F.normalize(bank.float(), dim=1)
+        self.positives = positives
+        self.temperature = temperature
+        self.momentum = momentum
+        self.n_negatives = n_negatives
+        self.generator = generator
+        self.weight = weight
+        self.label_weight = label_weight
+
+    def training_term(
+        self,
+        embedding: torch.Tensor,
+        logits: torch.Tensor,
+        indices: torch.Tensor,
+        label_table: torch.Tensor,
+    ) -> torch.Tensor:
+        """Weighted propagation terms for a batch (and the bank update for its rows).
+
+        ``weight`` times the contrastive term, plus ``label_weight`` times the cross-entropy
+        of each row's logits against the current labels of its hard positives (a sample and
+        its positives should share a cluster).
+        """
+        term = self.weight * self.loss(embedding, indices)
+        if self.label_weight > 0:
+            positive_labels = label_table[:, self.positives[indices]]  # (H, B, P)
+            n_positives = positive_labels.shape[-1]
+            expanded = logits.unsqueeze(2).expand(-1, -1, n_positives, -1)
+            term = term + self.label_weight * F.cross_entropy(
+                expanded.reshape(-1, logits.shape[-1]), positive_labels.reshape(-1)
+            )
+        return term
+
+    def loss(self, embedding: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The invariance-propagation term for a batch, and the bank update for its rows."""
+        features = F.normalize(embedding, dim=1)
+        indices = indices.to(self.bank.device)
+        n_samples = self.bank.shape[0]
+        negatives = torch.randint(
+            n_samples,
+            (min(self.n_negatives, n_samples),),
+            device=self.bank.device,
+            generator=self.generator,
+        )
+        own = torch.cat([indices.unsqueeze(1), self.positives[indices]], dim=1)
+        positive_logits = torch.einsum("bd,bpd->bp", features, self.bank[own]) / self.temperature
+        negative_logits = features @ self.bank[negatives].T / self.temperature
+        all_logits = torch.cat([positive_logits, negative_logits], dim=1)
+        loss = (all_logits.logsumexp(dim=1) - positive_logits.logsumexp(dim=1)).mean()
+        with torch.no_grad():
+            updated = self.momentum * self.bank[indices] + (1 - self.momentum) * features
+            self.bank[indices] = F.normalize(updated, dim=1)
+        return loss

@@ -1,0 +1,132 @@
+"""Image-aware mode: ``image_shape``, image views, the convolutional encoder, propagation."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV
+
+from sklearn_selflabel import SelfLabelingClusterer
+from sklearn_selflabel.augment import ImageAugment, TabularAugment
+from sklearn_selflabel.modules import ConvEncoder
+
+
+def images(n=8, shape=(1, 12, 12), seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).random((n, int(np.prod(shape))))).float()
+
+
+def test_image_views_only_in_training_and_only_with_strength():
+    x = images()
+    augment = ImageAugment((1, 12, 12), 1.0).eval()
+    assert torch.equal(augment(x), x)
+    assert torch.equal(ImageAugment((1, 12, 12), 0.0).train()(x), x)
+    augment.train()
+    torch.manual_seed(0)
+    views = augment(x)
+    assert views.shape == x.shape and views.dtype == x.dtype
+    assert not torch.allclose(views, x)
+    # Each row gets its own random map: identical rows give different views.
+    same = augment(x[:1].repeat(4, 1))
+    assert not torch.allclose(same[0], same[1])
+
+
+def test_image_views_keep_a_uniform_background_and_move_a_digit_a_little():
+    augment = ImageAugment((1, 16, 16), 1.0).train()
+    torch.manual_seed(0)
+    flat = torch.full((4, 256), -0.5)
+    np.testing.assert_allclose(augment(flat).numpy(), -0.5, rtol=1e-6)
+    # A 4x4 square in the centre: its centre of mass moves by at most the documented
+    # 12.5% of the side (2 pixels) plus what rotation, scale and shear add near the centre.
+    image = torch.zeros(64, 1, 16, 16)
+    image[:, :, 6:10, 6:10] = 1.0
+    views = augment(image.reshape(64, -1)).reshape(64, 16, 16)
+    grid = torch.arange(16.0)
+    mass = views.sum(dim=(1, 2))
+    row = (views.sum(dim=2) * grid).sum(dim=1) / mass
+    col = (views.sum(dim=1) * grid).sum(dim=1) / mass
+    shift = torch.stack([row - 7.5, col - 7.5], dim=1).abs()
+    assert float(shift.max()) <= 2.5
+    assert float(shift.mean()) > 0.2
+    np.testing.assert_allclose(mass.numpy(), 16.0, rtol=0.35)
+
+
+def test_channels_are_warped_together():
+    augment = ImageAugment((3, 10, 10), 1.0).train()
+    torch.manual_seed(0)
+    one = images(4, (1, 10, 10))
+    views = augment(one.repeat(1, 3)).reshape(4, 3, 100)
+    np.testing.assert_allclose(views[:, 0].numpy(), views[:, 2].numpy())
+
+
+def test_tabular_views_mask_and_add_noise():
+    x = torch.ones(1000, 20)
+    assert torch.equal(TabularAugment(0.5).eval()(x), x)
+    torch.manual_seed(0)
+    views = TabularAugment(0.5).train()(x)
+    assert 0.5 < float(views.mean()) < 0.9  # a quarter of the entries masked to 0
+    assert 0.4 < float((views - x).std()) < 0.8
+
+
+def test_conv_encoder_maps_flat_images_to_embeddings():
+    encoder = ConvEncoder((1, 12, 12), channels=(4, 8, 8), embedding_dim=5)
+    assert encoder(images(3)).shape == (3, 5)
+    odd = ConvEncoder((2, 7, 5), channels=(4, 4, 4), embedding_dim=3)
+    assert odd(torch.zeros(2, 70)).shape == (2, 3)
+
+
+def tiny(**params):
+    defaults = dict(
+        n_clusters=3, n_heads=2, embedding_dim=8, max_epochs=3, n_label_steps=3,
+        batch_size=32, random_state=0,
+    )  # fmt: skip
+    return SelfLabelingClusterer(**{**defaults, **params})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(n_class=3, return_X_y=True)
+    return X[:150].astype(np.float32), y[:150]
+
+
+def test_image_shape_uses_the_conv_encoder_and_propagation(digits):
+    X, _ = digits
+    model = tiny(image_shape=(8, 8)).fit(X)
+    assert isinstance(model.net_.module_.encoder, ConvEncoder)
+    assert "propagation" in dict(model.net_.callbacks_)
+    assert model.transform(X).shape == (150, 8)
+    assert model.predict(X).shape == (150,)
+    # Channels-first spelling of the same shape fits the same model.
+    np.testing.assert_array_equal(tiny(image_shape=(1, 8, 8)).fit(X).labels_, model.labels_)
+
+
+def test_propagation_auto_is_on_for_images_only(digits):
+    X, _ = digits
+    assert "propagation" not in dict(tiny().fit(X).net_.callbacks_)
+    assert "propagation" in dict(tiny(propagation=True).fit(X).net_.callbacks_)
+    assert "propagation" not in dict(
+        tiny(image_shape=(8, 8), propagation=False).fit(X).net_.callbacks_
+    )
+    assert "propagation" not in dict(
+        tiny(image_shape=(8, 8), label_mode="online", max_epochs=1).fit(X).net_.callbacks_
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [((8, 9), "holds 72 pixels but X has 64 features"), ((8,), "must be"), ((2, 0, 32), "must be")],
+)
+def test_bad_image_shape_is_named(digits, shape, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(image_shape=shape).fit(digits[0])
+
+
+def test_propagation_parameters_are_searchable(digits):
+    X, _ = digits
+    search = GridSearchCV(
+        tiny(image_shape=(8, 8)),
+        {"propagation_neighbors": [2, 4], "propagation_weight": [0.0, 1.0]},
+        cv=2,
+    ).fit(X)
+    assert search.best_params_["propagation_neighbors"] in (2, 4)
+    assert clone(search.best_estimator_).get_params()["image_shape"] == (8, 8)

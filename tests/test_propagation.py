@@ -1,0 +1,98 @@
+"""Invariance propagation: exact neighbours, hop reachability, hard positives, the training term."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.neighbors import NearestNeighbors
+
+from sklearn_selflabel.propagation import (
+    InvariancePropagation,
+    hardest_positives,
+    nearest_neighbors,
+    propagate,
+)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 2048])
+def test_nearest_neighbors_are_exact_cosine_neighbours_without_self(chunk_size):
+    X = torch.from_numpy(np.random.default_rng(0).normal(size=(100, 5)).astype(np.float32))
+    found = nearest_neighbors(X, 4, chunk_size=chunk_size).numpy()
+    ref = NearestNeighbors(n_neighbors=5, metric="cosine").fit(X.numpy())
+    expected = ref.kneighbors(X.numpy(), return_distance=False)[:, 1:]
+    np.testing.assert_array_equal(found, expected)
+    assert not (found == np.arange(100)[:, None]).any()
+
+
+def test_nearest_neighbors_caps_k_at_the_other_rows():
+    assert nearest_neighbors(torch.eye(3), 10).shape == (3, 2)
+
+
+def test_propagation_follows_links_for_the_given_number_of_hops():
+    # A directed ring 0 -> 1 -> ... -> 9 -> 0 with one link per row.
+    ring = (np.arange(10)[:, None] + 1) % 10
+    for hops in (1, 3):
+        reachable = propagate(ring, hops).toarray()
+        expected = np.zeros((10, 10), dtype=bool)
+        for step in range(1, hops + 1):
+            expected[np.arange(10), (np.arange(10) + step) % 10] = True
+        np.testing.assert_array_equal(reachable, expected)
+    # Going round the whole ring comes back to the row itself, which is never its own positive.
+    assert not propagate(ring, 10).diagonal().any()
+
+
+def test_hardest_positives_are_the_least_similar_reachable_points():
+    rng = np.random.default_rng(1)
+    X = torch.from_numpy(rng.normal(size=(60, 3)).astype(np.float32))
+    neighbors = nearest_neighbors(X, 3)
+    positives = hardest_positives(X, neighbors, n_hops=2, n_positives=2).numpy()
+    reachable = propagate(neighbors.numpy(), 2)
+    unit = F.normalize(X, dim=1).numpy()
+    for i in range(60):
+        candidates = reachable[i].indices
+        similarity = unit[candidates] @ unit[i]
+        np.testing.assert_array_equal(positives[i], candidates[np.argsort(similarity)[:2]])
+
+
+def test_rows_with_few_reachable_points_repeat_them():
+    # Two rows, each the other's only neighbour: one reachable point for four slots.
+    X = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
+    positives = hardest_positives(X, nearest_neighbors(X, 1), n_hops=3, n_positives=4)
+    np.testing.assert_array_equal(positives.numpy(), [[1, 1, 1, 1], [0, 0, 0, 0]])
+
+
+def make_term(bank, positives, **kw):
+    settings = dict(temperature=0.1, momentum=0.5, n_negatives=16)
+    generator = torch.Generator().manual_seed(0)
+    return InvariancePropagation(bank, positives, generator=generator, **{**settings, **kw})
+
+
+def test_loss_is_low_when_a_sample_matches_its_positives_and_bank_moves_towards_it():
+    rng = np.random.default_rng(2)
+    bank = torch.from_numpy(rng.normal(size=(32, 8)).astype(np.float32))
+    positives = torch.from_numpy((np.arange(32)[:, None] + np.array([1, 2])) % 32)
+    indices = torch.arange(4)
+    term = make_term(bank.clone(), positives)
+    aligned = term.bank[positives[indices]].mean(dim=1) + term.bank[indices]
+    random = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
+    assert float(term.loss(aligned, indices)) < float(
+        make_term(bank.clone(), positives).loss(random, indices)
+    )
+    # Only the batch's rows move, and they stay unit vectors.
+    before = term.bank.clone()
+    term.loss(random, indices)
+    np.testing.assert_array_equal(term.bank[4:].numpy(), before[4:].numpy())
+    assert not torch.allclose(term.bank[:4], before[:4])
+    np.testing.assert_allclose(term.bank.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_label_term_pulls_a_sample_towards_its_positives_labels():
+    bank = torch.eye(4)
+    positives = torch.tensor([[1], [0], [3], [2]])
+    labels = torch.tensor([[0, 0, 1, 1]])  # one head
+    indices = torch.tensor([0, 2])
+    agree = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]]])  # (heads, batch, clusters)
+    term = make_term(bank, positives, weight=0.0, label_weight=1.0)
+    low = float(term.training_term(bank[indices], agree, indices, labels))
+    high = float(term.training_term(bank[indices], -agree, indices, labels))
+    assert low < 0.01 < 5 < high
