@@ -172,8 +172,8 @@ class PropagationRefresh(Callback):
         n_neighbors: int,
         n_hops: int,
         n_positives: int,
-        weight: float,
         label_weight: float,
+        contrast_weight: float,
         temperature: float,
         momentum: float,
         n_negatives: int,
@@ -184,8 +184,8 @@ class PropagationRefresh(Callback):
         self.n_neighbors = n_neighbors
         self.n_hops = n_hops
         self.n_positives = n_positives
-        self.weight = weight
         self.label_weight = label_weight
+        self.contrast_weight = contrast_weight
         self.temperature = temperature
         self.momentum = momentum
         self.n_negatives = n_negatives
@@ -207,12 +207,12 @@ class PropagationRefresh(Callback):
         net.propagation_ = InvariancePropagation(
             bank,
             self._positives(standardised),
+            label_weight=self.label_weight,
+            contrast_weight=self.contrast_weight,
             temperature=self.temperature,
             momentum=self.momentum,
             n_negatives=self.n_negatives,
             generator=generator,
-            weight=self.weight,
-            label_weight=self.label_weight,
         )
 
     def _positives(self, features: torch.Tensor) -> torch.Tensor:

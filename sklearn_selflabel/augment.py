@@ -39,9 +39,9 @@ class ImageAugment(nn.Module):
 
     Rows of length ``C * H * W`` are viewed as ``(C, H, W)`` images, warped by one random affine
     map each with ``grid_sample`` (border pixels extend outwards, so a shifted digit keeps its
-    background), and flattened again. At ``strength=1`` the jitter is up to 12.5% of the image
-    side in translation, 15 degrees of rotation, 10% of scale and 0.15 of shear; ``strength``
-    scales all of them linearly.
+    background), and flattened again. At ``strength=0.5`` (the estimator's default) the jitter
+    is up to 12.5% of the image side in translation, 15 degrees of rotation, 10% of scale and
+    0.15 of shear; ``strength`` scales all of them linearly.
 
     Parameters
     ----------
@@ -73,10 +73,10 @@ class ImageAugment(nn.Module):
             return (2 * torch.rand(n, device=device, dtype=dtype) - 1) * half_width
 
         s = self.strength
-        angle = uniform(math.radians(15.0) * s)
-        scale = 1 + uniform(0.1 * s)
-        shear = uniform(0.15 * s)
-        shift = torch.stack([uniform(0.25 * s), uniform(0.25 * s)], dim=1)
+        angle = uniform(math.radians(30.0) * s)
+        scale = 1 + uniform(0.2 * s)
+        shear = uniform(0.3 * s)
+        shift = torch.stack([uniform(0.5 * s), uniform(0.5 * s)], dim=1)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.empty(n, 2, 3, device=device, dtype=dtype)
         theta[:, 0, 0] = cos

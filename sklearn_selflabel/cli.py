@@ -116,7 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-epochs",
         type=_positive_int,
         metavar="N",
-        help=f"training epochs (default: {defaults['max_epochs']})",
+        help="training epochs (default: 120, or 60 with --image-shape)",
     )
     fit.add_argument(
         "--random-state",

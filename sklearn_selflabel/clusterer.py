@@ -54,7 +54,9 @@ from .augment import ImageAugment, TabularAugment
 from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelNetwork
 
 _INPUT_DTYPES = [np.float32, np.float64]
-_PROPAGATION_SETTINGS = dict(temperature=0.1, momentum=0.5, n_negatives=4096, label_weight=0.0)
+# Invariance propagation's contrastive term: softmax temperature, negatives per batch, and
+# the memory bank's momentum (Wang et al. use 0.1, 4096 and 0.5).
+_PROPAGATION_SETTINGS = dict(temperature=0.1, n_negatives=4096, momentum=0.5)
 
 
 class SelfLabelingClusterer(
@@ -70,7 +72,10 @@ class SelfLabelingClusterer(
     iterations on the network's probabilities ``P``. The constraint keeps the clustering from
     collapsing into one cluster and maximises the information between samples and labels.
     Labels start as a random equal split. Training sees augmented views of the rows (Gaussian
-    noise and feature masking); the label step, ``predict`` and ``transform`` see clean rows.
+    noise and feature masking, or affine warps of images with ``image_shape``); the label
+    step, ``predict`` and ``transform`` see clean rows. With ``image_shape``, invariance
+    propagation also pulls each row towards the hardest of the rows reachable from it through
+    nearest-neighbour links in the embedding.
 
     The network is a skorch ``NeuralNet`` built in ``fit`` and kept as ``net_``; its
     ``history`` records, per epoch, the loss, whether a label step ran, the fraction of labels
@@ -94,8 +99,10 @@ class SelfLabelingClusterer(
         from a forward pass. ``hidden_layer_sizes`` and ``embedding_dim`` are then ignored.
     module_params : dict or None, default=None
         Keyword arguments for ``module``. Tune them with ``GridSearchCV`` by listing dicts.
-    max_epochs : int, default=120
-        Number of training epochs (passes over the data).
+    max_epochs : int or "auto", default="auto"
+        Number of training epochs (passes over the data). ``"auto"``: 120, or 60 with
+        ``image_shape`` (an epoch of the convolutional network costs more, and on USPS 120
+        epochs clustered no better than 60).
     batch_size : int or "auto", default="auto"
         Mini-batch size for training and the batch size of inference. ``"auto"`` is 256 in
         offline mode and 1024 in online mode, whose per-batch labels need many rows of each
@@ -119,8 +126,41 @@ class SelfLabelingClusterer(
         Number of label steps, placed after epoch ``(max_epochs - 1) * (i / n_label_steps)**2``
         for ``i = 0 .. n_label_steps - 1`` (coinciding epochs merge).
     augment_strength : float, default=0.5
-        Strength of the training views: Gaussian noise of this many standard deviations per
-        feature, and each feature masked to its mean with probability ``augment_strength / 2``.
+        Strength of the training views. Tabular rows: Gaussian noise of this many standard
+        deviations per feature, and each feature masked to its mean with probability
+        ``augment_strength / 2``. Images (``image_shape``): the scale of the affine jitter.
+    image_shape : tuple of int or None, default=None
+        ``(height, width)`` or ``(channels, height, width)`` when the rows are images
+        flattened in that order. It turns on image-aware mode: training views are random
+        affine warps (shift, rotation, scale, shear; ``augment_strength`` scales them, the
+        default 0.5 is up to 12.5% of the side, 15 degrees, 10% and 0.15), the encoder is a small
+        convolutional network (``ConvEncoder``, unless ``module`` is given), the input is
+        standardised per channel rather than per pixel, and ``propagation="auto"`` is on.
+    propagation : bool or "auto", default="auto"
+        Invariance propagation (Wang et al., 2020), offline mode only. A memory bank holds
+        the L2-normalised embedding of every row (momentum updates from training). At the
+        start, positives are found among the standardised input rows, and at each label step
+        again in the bank: the exact ``propagation_neighbors`` nearest neighbours of every
+        row (found in chunks, no N x N matrix) are followed for ``propagation_hops`` hops,
+        and the ``propagation_positives`` least similar rows reached are its hard positives.
+        Training then holds every row to the current labels of its positives (weight
+        ``propagation_weight``) and, if ``propagation_contrast > 0``, adds a contrastive term
+        that pulls its embedding towards theirs. This teaches invariance to variation within
+        a category, not only to the training views. ``"auto"``: on with ``image_shape``, off
+        for tabular rows.
+    propagation_neighbors : int, default=4
+        ``k`` of the nearest-neighbour links.
+    propagation_hops : int, default=3
+        Number of hops ``l`` followed from each row.
+    propagation_positives : int, default=4
+        Number of hard (least similar) positives kept per row.
+    propagation_weight : float, default=1.0
+        Weight of the cross-entropy of each row's logits against its positives' labels, next
+        to the cross-entropy against its own.
+    propagation_contrast : float, default=0.0
+        Weight of the instance-level contrastive term over the memory bank (temperature 0.1,
+        4096 random negatives), in which a row and its positives count as one class. On USPS
+        it lowered accuracy next to the label term (see ``benchmarks/results/quality.md``).
     label_mode : {"offline", "online"}, default="offline"
         How the labels are found. ``"offline"`` is SeLa's label step: on the schedule of
         ``n_label_steps``, Sinkhorn over the logits of all training rows rewrites an
@@ -218,6 +258,8 @@ class SelfLabelingClusterer(
        clustering and representation learning". ICLR 2020.
     .. [2] M. Cuturi. "Sinkhorn distances: lightspeed computation of optimal transport".
        NeurIPS 2013.
+    .. [3] F. Wang, H. Liu, D. Guo and F. Sun. "Unsupervised representation learning by
+       invariance propagation". NeurIPS 2020.
 
     Examples
     --------
@@ -240,7 +282,7 @@ class SelfLabelingClusterer(
         "embedding_dim": [Interval(Integral, 1, None, closed="left")],
         "module": [callable, None],
         "module_params": [dict, None],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -255,6 +297,7 @@ class SelfLabelingClusterer(
         "propagation_hops": [Interval(Integral, 1, None, closed="left")],
         "propagation_positives": [Interval(Integral, 1, None, closed="left")],
         "propagation_weight": [Interval(Real, 0, None, closed="left")],
+        "propagation_contrast": [Interval(Real, 0, None, closed="left")],
         "label_mode": [StrOptions({"offline", "online"})],
         "queue_size": [Interval(Integral, 1, None, closed="left")],
         "online_sinkhorn_iter": [Interval(Integral, 1, None, closed="left")],
@@ -276,7 +319,7 @@ class SelfLabelingClusterer(
         embedding_dim: int = 64,
         module: type[nn.Module] | None = None,
         module_params: dict | None = None,
-        max_epochs: int = 120,
+        max_epochs: int | str = "auto",
         batch_size: int | str = "auto",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -291,6 +334,7 @@ class SelfLabelingClusterer(
         propagation_hops: int = 3,
         propagation_positives: int = 4,
         propagation_weight: float = 1.0,
+        propagation_contrast: float = 0.0,
         label_mode: str = "offline",
         queue_size: int = 4096,
         online_sinkhorn_iter: int = 3,
@@ -323,6 +367,7 @@ class SelfLabelingClusterer(
         self.propagation_hops = propagation_hops
         self.propagation_positives = propagation_positives
         self.propagation_weight = propagation_weight
+        self.propagation_contrast = propagation_contrast
         self.label_mode = label_mode
         self.queue_size = queue_size
         self.online_sinkhorn_iter = online_sinkhorn_iter
@@ -390,7 +435,7 @@ class SelfLabelingClusterer(
                 net.fit(dataset, y=None)
             else:
                 self._resume(net, load_state(resumed_from, device), fingerprint, device)
-                net.partial_fit(dataset, epochs=self.max_epochs - len(net.history))
+                net.partial_fit(dataset, epochs=self._epochs() - len(net.history))
             self._after_training(net, dataset, end_state, device)
         return self._set_fitted_state(net, X, embedding_dim, device)
 
@@ -431,10 +476,10 @@ class SelfLabelingClusterer(
                 "another checkpoint_dir."
             )
         n_done = len(state["history"])
-        if n_done > self.max_epochs:
+        if n_done > self._epochs():
             raise ValueError(
                 f"The checkpoint in checkpoint_dir holds {n_done} epochs, more than "
-                f"max_epochs={self.max_epochs}."
+                f"max_epochs={self._epochs()}."
             )
         net.initialize()
         try:
@@ -454,17 +499,17 @@ class SelfLabelingClusterer(
         """
         last_state = end_state.release()
         n_done = end_state.n_completed_epochs_
-        if n_done >= self.max_epochs:
+        if n_done >= self._epochs():
             return
         if last_state is None:  # on_interrupt="restore", or no epoch had completed
             raise KeyboardInterrupt(
-                f"fit was interrupted after {n_done} of {self.max_epochs} epochs; the "
+                f"fit was interrupted after {n_done} of {self._epochs()} epochs; the "
                 "estimator is left as it was before fit."
             )
         restore_training_state(net, load_state(last_state, device))
         net.notify("on_train_end", X=dataset, y=None)
         warnings.warn(
-            f"fit was interrupted in epoch {n_done + 1} of {self.max_epochs}; the estimator "
+            f"fit was interrupted in epoch {n_done + 1} of {self._epochs()}; the estimator "
             f"is fitted from the state after epoch {n_done}, the last completed one "
             "(on_interrupt='keep').",
             UserWarning,
@@ -572,6 +617,12 @@ class SelfLabelingClusterer(
             )
         return torch.device(self.accelerator.device)
 
+    def _epochs(self) -> int:
+        """``max_epochs``, with ``"auto"`` resolved."""
+        if self.max_epochs == "auto":
+            return 120 if self.image_shape is None else 60
+        return self.max_epochs
+
     def _uses_propagation(self) -> bool:
         """Whether the fit trains with invariance propagation (``"auto"``: for images)."""
         if self.label_mode != "offline":
@@ -653,7 +704,7 @@ class SelfLabelingClusterer(
             label_step = self._chunk_label_step()
         else:
             label_step = LabelStep(
-                frozenset(label_step_epochs(self.max_epochs, self.n_label_steps).tolist()),
+                frozenset(label_step_epochs(self._epochs(), self.n_label_steps).tolist()),
                 seed=seed,
                 **self._offline_label_params(),
             )
@@ -664,7 +715,8 @@ class SelfLabelingClusterer(
                 n_neighbors=self.propagation_neighbors,
                 n_hops=self.propagation_hops,
                 n_positives=self.propagation_positives,
-                weight=self.propagation_weight,
+                label_weight=self.propagation_weight,
+                contrast_weight=self.propagation_contrast,
                 batch_size=self._batch_rows(),
                 seed=seed,
                 **_PROPAGATION_SETTINGS,
@@ -682,7 +734,7 @@ class SelfLabelingClusterer(
             optimizer=torch.optim.Adam,
             lr=self.lr,
             optimizer__weight_decay=self.weight_decay,
-            max_epochs=self.max_epochs,
+            max_epochs=self._epochs(),
             batch_size=self._batch_rows(),
             train_split=None,
             iterator_train=shuffled_batch_loader,

@@ -80,7 +80,7 @@ class ConvEncoder(nn.Module):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
-        channels: Sequence[int] = (32, 64, 128),
+        channels: Sequence[int] = (16, 32, 64),
         embedding_dim: int = 64,
     ) -> None:
         super().__init__()

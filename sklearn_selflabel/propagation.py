@@ -127,18 +127,25 @@ def hardest_positives(
 
 
 class InvariancePropagation:
-    """Memory bank, propagated hard positives and the training term of invariance propagation.
+    """Memory bank, propagated hard positives and the training terms of invariance propagation.
 
-    The term is a softmax over memory-bank similarities in which the sample itself and its
-    hard positives count as the correct class, against ``n_negatives`` random bank entries
-    ``N``: with ``s_j = v_j . f_i / tau``, the term is
+    Two terms bring the positives into training. The label term is the cross-entropy of a
+    row's logits against the current labels of each of its hard positives (a sample and its
+    positives should share a cluster). The contrastive term is a softmax over memory-bank
+    similarities in which the sample itself and its hard positives count as the correct class,
+    against ``n_negatives`` random bank entries ``N``: with ``s_j = v_j . f_i / tau``, it is
     ``-log( sum_{p in {i} + P(i)} exp(s_p) / sum_{j in {i} + P(i) + N} exp(s_j) )``.
+    Either way the bank follows the batch's embeddings with momentum.
 
     Parameters
     ----------
     bank : torch.Tensor of shape (n_samples, n_dims)
         Initial memory bank (L2-normalised here).
     positives : torch.Tensor of shape (n_samples, n_positives), int64
+    label_weight : float
+        Weight of the label term.
+    contrast_weight : float
+        Weight of the contrastive term.
     temperature : float
     momentum : float
         Bank update ``v_i <- normalise(momentum * v_i + (1 - momentum) * f_i)``.
@@ -153,21 +160,21 @@ class InvariancePropagation:
         bank: torch.Tensor,
         positives: torch.Tensor,
         *,
+        label_weight: float,
+        contrast_weight: float,
         temperature: float,
         momentum: float,
         n_negatives: int,
         generator: torch.Generator,
-        weight: float = 1.0,
-        label_weight: float = 0.0,
     ) -> None:
         self.bank = F.normalize(bank.float(), dim=1)
         self.positives = positives
+        self.label_weight = label_weight
+        self.contrast_weight = contrast_weight
         self.temperature = temperature
         self.momentum = momentum
         self.n_negatives = n_negatives
         self.generator = generator
-        self.weight = weight
-        self.label_weight = label_weight
 
     def training_term(
         self,
@@ -176,13 +183,14 @@ class InvariancePropagation:
         indices: torch.Tensor,
         label_table: torch.Tensor,
     ) -> torch.Tensor:
-        """Weighted propagation terms for a batch (and the bank update for its rows).
+        """Weighted propagation terms for a batch, and the bank update for its rows.
 
-        ``weight`` times the contrastive term, plus ``label_weight`` times the cross-entropy
-        of each row's logits against the current labels of its hard positives (a sample and
-        its positives should share a cluster).
+        ``logits`` is ``(n_heads, batch, n_clusters)`` and ``label_table`` ``(n_heads,
+        n_samples)``: each head is held to its own labels.
         """
-        term = self.weight * self.loss(embedding, indices)
+        features = F.normalize(embedding, dim=1)
+        indices = indices.to(self.bank.device)
+        term = logits.new_zeros(())
         if self.label_weight > 0:
             positive_labels = label_table[:, self.positives[indices]]  # (H, B, P)
             n_positives = positive_labels.shape[-1]
@@ -190,12 +198,15 @@ class InvariancePropagation:
             term = term + self.label_weight * F.cross_entropy(
                 expanded.reshape(-1, logits.shape[-1]), positive_labels.reshape(-1)
             )
+        if self.contrast_weight > 0:
+            term = term + self.contrast_weight * self.contrastive_loss(features, indices)
+        with torch.no_grad():
+            updated = self.momentum * self.bank[indices] + (1 - self.momentum) * features
+            self.bank[indices] = F.normalize(updated, dim=1)
         return term
 
-    def loss(self, embedding: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """The invariance-propagation term for a batch, and the bank update for its rows."""
-        features = F.normalize(embedding, dim=1)
-        indices = indices.to(self.bank.device)
+    def contrastive_loss(self, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The contrastive term for a batch of L2-normalised embeddings."""
         n_samples = self.bank.shape[0]
         negatives = torch.randint(
             n_samples,
@@ -207,8 +218,4 @@ class InvariancePropagation:
         positive_logits = torch.einsum("bd,bpd->bp", features, self.bank[own]) / self.temperature
         negative_logits = features @ self.bank[negatives].T / self.temperature
         all_logits = torch.cat([positive_logits, negative_logits], dim=1)
-        loss = (all_logits.logsumexp(dim=1) - positive_logits.logsumexp(dim=1)).mean()
-        with torch.no_grad():
-            updated = self.momentum * self.bank[indices] + (1 - self.momentum) * features
-            self.bank[indices] = F.normalize(updated, dim=1)
-        return loss
+        return (all_logits.logsumexp(dim=1) - positive_logits.logsumexp(dim=1)).mean()

@@ -32,7 +32,7 @@ def test_image_views_only_in_training_and_only_with_strength():
 
 
 def test_image_views_keep_a_uniform_background_and_move_a_digit_a_little():
-    augment = ImageAugment((1, 16, 16), 1.0).train()
+    augment = ImageAugment((1, 16, 16), 0.5).train()
     torch.manual_seed(0)
     flat = torch.full((4, 256), -0.5)
     np.testing.assert_allclose(augment(flat).numpy(), -0.5, rtol=1e-6)
@@ -130,3 +130,12 @@ def test_propagation_parameters_are_searchable(digits):
     ).fit(X)
     assert search.best_params_["propagation_neighbors"] in (2, 4)
     assert clone(search.best_estimator_).get_params()["image_shape"] == (8, 8)
+
+
+def test_auto_epochs_are_fewer_for_images():
+    X = np.random.default_rng(0).random((40, 16)).astype(np.float32)
+    params = dict(n_clusters=2, n_heads=1, embedding_dim=4, batch_size=40, random_state=0)
+    assert SelfLabelingClusterer(image_shape=(4, 4), **params).fit(X).n_iter_ == 60
+    tabular = SelfLabelingClusterer(hidden_layer_sizes=(4,), **params).fit(X)
+    assert tabular.n_iter_ == 120
+    assert SelfLabelingClusterer(image_shape=(4, 4), max_epochs=3, **params).fit(X).n_iter_ == 3

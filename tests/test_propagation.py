@@ -62,28 +62,34 @@ def test_rows_with_few_reachable_points_repeat_them():
 
 
 def make_term(bank, positives, **kw):
-    settings = dict(temperature=0.1, momentum=0.5, n_negatives=16)
+    settings = dict(label_weight=0.0, contrast_weight=1.0, temperature=0.1, momentum=0.5)
     generator = torch.Generator().manual_seed(0)
-    return InvariancePropagation(bank, positives, generator=generator, **{**settings, **kw})
+    return InvariancePropagation(
+        bank, positives, generator=generator, n_negatives=16, **{**settings, **kw}
+    )
 
 
-def test_loss_is_low_when_a_sample_matches_its_positives_and_bank_moves_towards_it():
+def test_contrast_is_low_when_a_sample_matches_its_positives_and_bank_moves_towards_it():
     rng = np.random.default_rng(2)
     bank = torch.from_numpy(rng.normal(size=(32, 8)).astype(np.float32))
     positives = torch.from_numpy((np.arange(32)[:, None] + np.array([1, 2])) % 32)
     indices = torch.arange(4)
+    logits = torch.zeros(1, 4, 3)
+    labels = torch.zeros(1, 32, dtype=torch.int64)
     term = make_term(bank.clone(), positives)
     aligned = term.bank[positives[indices]].mean(dim=1) + term.bank[indices]
     random = torch.from_numpy(rng.normal(size=(4, 8)).astype(np.float32))
-    assert float(term.loss(aligned, indices)) < float(
-        make_term(bank.clone(), positives).loss(random, indices)
-    )
-    # Only the batch's rows move, and they stay unit vectors.
-    before = term.bank.clone()
-    term.loss(random, indices)
-    np.testing.assert_array_equal(term.bank[4:].numpy(), before[4:].numpy())
-    assert not torch.allclose(term.bank[:4], before[:4])
-    np.testing.assert_allclose(term.bank.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    low = float(term.training_term(aligned, logits, indices, labels))
+    high = float(make_term(bank.clone(), positives).training_term(random, logits, indices, labels))
+    assert low < high
+    # Only the batch's rows move, and they stay unit vectors; also without the contrast.
+    for weight in (1.0, 0.0):
+        term = make_term(bank.clone(), positives, contrast_weight=weight)
+        before = term.bank.clone()
+        term.training_term(random, logits, indices, labels)
+        np.testing.assert_array_equal(term.bank[4:].numpy(), before[4:].numpy())
+        assert not torch.allclose(term.bank[:4], before[:4])
+        np.testing.assert_allclose(term.bank.norm(dim=1).numpy(), 1.0, rtol=1e-5)
 
 
 def test_label_term_pulls_a_sample_towards_its_positives_labels():
@@ -92,7 +98,7 @@ def test_label_term_pulls_a_sample_towards_its_positives_labels():
     labels = torch.tensor([[0, 0, 1, 1]])  # one head
     indices = torch.tensor([0, 2])
     agree = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]]])  # (heads, batch, clusters)
-    term = make_term(bank, positives, weight=0.0, label_weight=1.0)
+    term = make_term(bank, positives, label_weight=1.0, contrast_weight=0.0)
     low = float(term.training_term(bank[indices], agree, indices, labels))
     high = float(term.training_term(bank[indices], -agree, indices, labels))
     assert low < 0.01 < 5 < high
