@@ -52,6 +52,7 @@ from ._net import SelfLabelNet
 from ._online import ChunkLabelStep, OnlineLabelStep, OnlineSelfLabelNet
 from .augment import ImageAugment, TabularAugment
 from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelNetwork
+from .sinkhorn import sinkhorn_equipartition
 
 _INPUT_DTYPES = [np.float32, np.float64]
 # Invariance propagation's contrastive term: softmax temperature, negatives per batch, and
@@ -231,6 +232,15 @@ class SelfLabelingClusterer(
     head_losses_ : ndarray of shape (n_heads,)
         Those losses, per head. In online mode, each head's mean cross-entropy against its
         per-batch labels over the last training epoch (no label table exists).
+    logit_offsets_ : ndarray of shape (n_clusters,), dtype float32
+        Added to the logits of ``best_head_`` before ``predict`` takes their argmax and
+        ``predict_proba`` their softmax: ``log b / sinkhorn_lambda``, where ``b`` are the
+        column scalings of a last label step on the trained network's logits of the training
+        rows, so that ``predict`` gives the equipartition labels ``argmax Q`` on them and
+        keeps the clusters of new rows from the same distribution balanced: the network's own
+        argmax drifts from its balanced labels in the last epochs, with clusters of half
+        their share or less. In online mode, the column scalings that the last training
+        batch's labels were found with.
     embedding_dim_ : int
         Size of the embedding returned by ``transform``.
     device_ : str
@@ -574,13 +584,28 @@ class SelfLabelingClusterer(
         # Inference never switches a network that is in eval mode (see evaluate_rows), so
         # predict calls from several threads at once only read it.
         net.module_.eval()
+        label_step = dict(net.callbacks_)["label_step"]
         if isinstance(net, OnlineSelfLabelNet):
-            head_losses = dict(net.callbacks_)["label_step"].head_losses_
+            head_losses = label_step.head_losses_
+            best_head = int(np.argmin(head_losses))
+            log_scalings = label_step.sinkhorn_.log_scaling[best_head]
         else:
-            head_losses = net.head_losses(net.evaluate_rows(X, self._batch_rows()))
+            logits = net.evaluate_rows(X, self._batch_rows())
+            head_losses = net.head_losses(logits)
+            best_head = int(np.argmin(head_losses))
+            # One more label step, on the trained network, balances the clusters that
+            # predict gives: argmax Q = argmax (lamb * logits + log b), rows scaled or not.
+            log_scalings = sinkhorn_equipartition(
+                logits[best_head],
+                lamb=self.sinkhorn_lambda,
+                tol=self.sinkhorn_tol,
+                max_iter=self.sinkhorn_max_iter,
+                init=_head_state(label_step.solver_state_, best_head),
+            ).state
         self.net_ = net
-        self.best_head_ = int(np.argmin(head_losses))
+        self.best_head_ = best_head
         self.head_losses_ = head_losses
+        self.logit_offsets_ = _to_numpy(log_scalings / self.sinkhorn_lambda).astype(np.float32)
         self.embedding_dim_ = embedding_dim
         self.device_ = str(device)
         self.n_iter_ = len(net.history)
@@ -785,14 +810,17 @@ class SelfLabelingClusterer(
         """``finish`` of the network's ``output`` for each batch of rows, written into one array.
 
         Memory is the result plus one batch, for any input size. ``output="logits"`` gives
-        the logits of ``best_head_``; ``"embedding"`` the embedding.
+        the logits of ``best_head_`` plus ``logit_offsets_``; ``"embedding"`` the embedding.
         """
         head = self.best_head_ if output == "logits" else None
         result = None
         batch_rows = self._batch_rows()
         for start in range(0, X.shape[0], batch_rows):
             rows = dense_rows(X, start, start + batch_rows)
-            part = finish(self.net_.evaluate_rows(rows, len(rows), output=output, head=head))
+            outputs = self.net_.evaluate_rows(rows, len(rows), output=output, head=head)
+            if output == "logits":
+                outputs = outputs + torch.from_numpy(self.logit_offsets_).to(outputs.device)
+            part = finish(outputs)
             if result is None:
                 result = np.empty((X.shape[0], *part.shape[1:]), dtype=part.dtype)
             result[start : start + len(rows)] = part
@@ -817,7 +845,8 @@ class SelfLabelingClusterer(
         Returns
         -------
         labels : ndarray or dask array of shape (n_samples,), dtype int64
-            Values in ``0 .. n_clusters - 1``.
+            Values in ``0 .. n_clusters - 1``: the argmax of the logits plus
+            ``logit_offsets_``.
         """
         return self._inference(X, "predict", "logits", _labels, None, np.int64)
 
@@ -832,7 +861,9 @@ class SelfLabelingClusterer(
         Returns
         -------
         proba : ndarray or dask array of shape (n_samples, n_clusters), dtype float64
-            Rows sum to one.
+            Rows sum to one: the softmax of the logits plus ``logit_offsets_``, i.e. the
+            network's probabilities reweighted by the cluster prior that balances the
+            training rows.
         """
         return self._inference(
             X, "predict_proba", "logits", _probabilities, self.n_clusters, np.float64
@@ -901,6 +932,11 @@ class SelfLabelingClusterer(
         tags.input_tags.sparse = True
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+def _head_state(state: torch.Tensor | None, head: int) -> torch.Tensor | None:
+    """One head's row of a multi-head solver state, to warm-start a single-head solve."""
+    return None if state is None else state[head]
 
 
 def _labels(logits: torch.Tensor) -> np.ndarray:

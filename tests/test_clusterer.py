@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy
+from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy, sinkhorn_equipartition
 
 
 def small(**params) -> SelfLabelingClusterer:
@@ -61,6 +61,25 @@ def test_outputs_have_documented_types_and_shapes(blobs, fitted):
     assert fitted.n_features_in_ == 5
     assert 0 <= fitted.best_head_ < fitted.n_heads
     assert fitted.best_head_ == np.argmin(fitted.head_losses_)
+
+
+def test_predict_gives_the_equipartition_labels_of_a_last_label_step():
+    # Uneven blobs: the network's own argmax follows the data, the label step balances it.
+    X, _ = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
+    model = small(n_clusters=4, max_epochs=20).fit(X)
+    logits = model.net_.evaluate_rows(X.astype(np.float32), 64)[model.best_head_]
+    assert model.logit_offsets_.shape == (4,) and model.logit_offsets_.dtype == np.float32
+    shifted = logits.numpy() + model.logit_offsets_
+    np.testing.assert_array_equal(model.labels_, shifted.argmax(axis=1))
+    expected = sinkhorn_equipartition(logits, lamb=model.sinkhorn_lambda, tol=1e-6).labels
+    assert np.mean(model.labels_ == expected.numpy()) > 0.99
+    sizes = np.bincount(model.labels_, minlength=4)
+    unshifted = np.bincount(logits.argmax(dim=1).numpy(), minlength=4)
+    assert sizes.max() - sizes.min() < unshifted.max() - unshifted.min()
+    assert sizes.min() >= 0.8 * len(X) / 4
+    proba = model.predict_proba(X)
+    expected_proba = torch.softmax(torch.from_numpy(shifted).double(), dim=1).numpy()
+    np.testing.assert_allclose(proba, expected_proba, rtol=1e-6)
 
 
 def test_blobs_are_found(blobs, fitted):
