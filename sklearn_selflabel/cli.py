@@ -116,7 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-epochs",
         type=_positive_int,
         metavar="N",
-        help="training epochs (default: 120, or 60 with --image-shape)",
+        help="training epochs (default: 120; with --image-shape 60 to 120, by data size)",
     )
     fit.add_argument(
         "--random-state",

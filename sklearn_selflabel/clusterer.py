@@ -58,6 +58,9 @@ _INPUT_DTYPES = [np.float32, np.float64]
 # Invariance propagation's contrastive term: softmax temperature, negatives per batch, and
 # the memory bank's momentum (Wang et al. use 0.1, 4096 and 0.5).
 _PROPAGATION_SETTINGS = dict(temperature=0.1, n_negatives=4096, momentum=0.5)
+# Optimizer steps that max_epochs="auto" gives an image fit at least (within 60..120 epochs):
+# 120 epochs on sklearn digits clustered better than 60 (ACC 0.93 against 0.89).
+_MIN_IMAGE_STEPS = 960
 
 
 class SelfLabelingClusterer(
@@ -101,9 +104,10 @@ class SelfLabelingClusterer(
     module_params : dict or None, default=None
         Keyword arguments for ``module``. Tune them with ``GridSearchCV`` by listing dicts.
     max_epochs : int or "auto", default="auto"
-        Number of training epochs (passes over the data). ``"auto"``: 120, or 60 with
-        ``image_shape`` (an epoch of the convolutional network costs more, and on USPS 120
-        epochs clustered no better than 60).
+        Number of training epochs (passes over the data). ``"auto"``: 120; with
+        ``image_shape``, enough epochs for at least 960 mini-batch steps, between 60 and 120
+        (an epoch of the convolutional network costs more, and on USPS 120 epochs clustered
+        no better than 60, while sklearn digits, 8 batches an epoch, needs the 120).
     batch_size : int or "auto", default="auto"
         Mini-batch size for training and the batch size of inference. ``"auto"`` is 256 in
         offline mode and 1024 in online mode, whose per-batch labels need many rows of each
@@ -429,6 +433,7 @@ class SelfLabelingClusterer(
         image_shape = self._checked_image_shape(X.shape[1])
         device = self._training_device()
         seed = _seed_from(self.random_state)
+        n_epochs = self._epochs(n_samples)
         fingerprint = self._fingerprint(X) if self.checkpoint_dir is not None else None
         resumed_from = self._checkpoint_to_resume()
         end_state = EpochEndState(
@@ -440,13 +445,14 @@ class SelfLabelingClusterer(
         dataset = IndexedRows(X)
         with _isolated_torch_rng(seed, device):
             network, embedding_dim = self._build_network(X, hidden_layer_sizes, image_shape)
-            net = self._build_net(network, device, seed, end_state=end_state)
+            net = self._build_net(network, device, seed, n_epochs, end_state=end_state)
             if resumed_from is None:
                 net.fit(dataset, y=None)
             else:
-                self._resume(net, load_state(resumed_from, device), fingerprint, device)
-                net.partial_fit(dataset, epochs=self._epochs() - len(net.history))
-            self._after_training(net, dataset, end_state, device)
+                state = load_state(resumed_from, device)
+                self._resume(net, state, fingerprint, device, n_epochs)
+                net.partial_fit(dataset, epochs=n_epochs - len(net.history))
+            self._after_training(net, dataset, end_state, device, n_epochs)
         return self._set_fitted_state(net, X, embedding_dim, device)
 
     def _fingerprint(self, X) -> dict:
@@ -471,7 +477,9 @@ class SelfLabelingClusterer(
             )
         return read_checkpoint(self.checkpoint_dir)
 
-    def _resume(self, net, state: dict, fingerprint: dict, device: torch.device) -> None:
+    def _resume(
+        self, net, state: dict, fingerprint: dict, device: torch.device, n_epochs: int
+    ) -> None:
         """Load a checkpoint's ``state`` into the freshly built ``net``."""
         saved = state["fingerprint"]
         differences = [
@@ -486,10 +494,10 @@ class SelfLabelingClusterer(
                 "another checkpoint_dir."
             )
         n_done = len(state["history"])
-        if n_done > self._epochs():
+        if n_done > n_epochs:
             raise ValueError(
                 f"The checkpoint in checkpoint_dir holds {n_done} epochs, more than "
-                f"max_epochs={self._epochs()}."
+                f"max_epochs={n_epochs}."
             )
         net.initialize()
         try:
@@ -501,7 +509,9 @@ class SelfLabelingClusterer(
             ) from None
         restore_torch_rng(state, device)
 
-    def _after_training(self, net, dataset, end_state: EpochEndState, device) -> None:
+    def _after_training(
+        self, net, dataset, end_state: EpochEndState, device, n_epochs: int
+    ) -> None:
         """Check that training ran to the end; act on an interruption as ``on_interrupt`` says.
 
         skorch ends training quietly on a KeyboardInterrupt (Ctrl-C) and returns, so a net
@@ -509,17 +519,17 @@ class SelfLabelingClusterer(
         """
         last_state = end_state.release()
         n_done = end_state.n_completed_epochs_
-        if n_done >= self._epochs():
+        if n_done >= n_epochs:
             return
         if last_state is None:  # on_interrupt="restore", or no epoch had completed
             raise KeyboardInterrupt(
-                f"fit was interrupted after {n_done} of {self._epochs()} epochs; the "
+                f"fit was interrupted after {n_done} of {n_epochs} epochs; the "
                 "estimator is left as it was before fit."
             )
         restore_training_state(net, load_state(last_state, device))
         net.notify("on_train_end", X=dataset, y=None)
         warnings.warn(
-            f"fit was interrupted in epoch {n_done + 1} of {self._epochs()}; the estimator "
+            f"fit was interrupted in epoch {n_done + 1} of {n_epochs}; the estimator "
             f"is fitted from the state after epoch {n_done}, the last completed one "
             "(on_interrupt='keep').",
             UserWarning,
@@ -571,7 +581,7 @@ class SelfLabelingClusterer(
                 network, embedding_dim = self._build_network(
                     X, self._checked_hidden_layer_sizes(), image_shape
                 )
-                net = self._build_net(network, device, seed, chunked=True)
+                net = self._build_net(network, device, seed, self._epochs(len(X)), chunked=True)
             else:
                 net, embedding_dim = self.net_, self.embedding_dim_
                 if type(dict(net.callbacks_)["label_step"]) is LabelStep:
@@ -642,11 +652,15 @@ class SelfLabelingClusterer(
             )
         return torch.device(self.accelerator.device)
 
-    def _epochs(self) -> int:
-        """``max_epochs``, with ``"auto"`` resolved."""
-        if self.max_epochs == "auto":
-            return 120 if self.image_shape is None else 60
-        return self.max_epochs
+    def _epochs(self, n_samples: int) -> int:
+        """``max_epochs``, with ``"auto"`` resolved for ``n_samples`` training rows."""
+        if self.max_epochs != "auto":
+            return self.max_epochs
+        if self.image_shape is None:
+            return 120
+        # A small image set needs more passes for as many optimizer steps as a large one.
+        n_batches = -(-n_samples // self._batch_rows())
+        return int(np.clip(-(-_MIN_IMAGE_STEPS // n_batches), 60, 120))
 
     def _uses_propagation(self) -> bool:
         """Whether the fit trains with invariance propagation (``"auto"``: for images)."""
@@ -713,6 +727,7 @@ class SelfLabelingClusterer(
         network: SelfLabelNetwork,
         device: torch.device,
         seed: int,
+        n_epochs: int,
         *,
         chunked: bool = False,
         end_state: EpochEndState | None = None,
@@ -729,7 +744,7 @@ class SelfLabelingClusterer(
             label_step = self._chunk_label_step()
         else:
             label_step = LabelStep(
-                frozenset(label_step_epochs(self._epochs(), self.n_label_steps).tolist()),
+                frozenset(label_step_epochs(n_epochs, self.n_label_steps).tolist()),
                 seed=seed,
                 **self._offline_label_params(),
             )
@@ -759,7 +774,7 @@ class SelfLabelingClusterer(
             optimizer=torch.optim.Adam,
             lr=self.lr,
             optimizer__weight_decay=self.weight_decay,
-            max_epochs=self._epochs(),
+            max_epochs=n_epochs,
             batch_size=self._batch_rows(),
             train_split=None,
             iterator_train=shuffled_batch_loader,

@@ -132,10 +132,18 @@ def test_propagation_parameters_are_searchable(digits):
     assert clone(search.best_estimator_).get_params()["image_shape"] == (8, 8)
 
 
-def test_auto_epochs_are_fewer_for_images():
+def test_auto_epochs_give_image_fits_enough_steps():
     X = np.random.default_rng(0).random((40, 16)).astype(np.float32)
-    params = dict(n_clusters=2, n_heads=1, embedding_dim=4, batch_size=40, random_state=0)
-    assert SelfLabelingClusterer(image_shape=(4, 4), **params).fit(X).n_iter_ == 60
-    tabular = SelfLabelingClusterer(hidden_layer_sizes=(4,), **params).fit(X)
+    params = dict(n_clusters=2, n_heads=1, embedding_dim=4, propagation=False, random_state=0)
+
+    def image_epochs(batch_size: int) -> int:
+        model = SelfLabelingClusterer(image_shape=(4, 4), batch_size=batch_size, **params)
+        return model.fit(X).n_iter_
+
+    assert image_epochs(2) == 60  # 20 batches an epoch: 60 epochs make more than 960 steps
+    assert image_epochs(4) == 96  # 10 batches an epoch: 960 steps
+    assert image_epochs(40) == 120  # one batch an epoch: at most 120 epochs
+    tabular = SelfLabelingClusterer(hidden_layer_sizes=(4,), batch_size=40, **params).fit(X)
     assert tabular.n_iter_ == 120
-    assert SelfLabelingClusterer(image_shape=(4, 4), max_epochs=3, **params).fit(X).n_iter_ == 3
+    explicit = SelfLabelingClusterer(image_shape=(4, 4), max_epochs=3, batch_size=40, **params)
+    assert explicit.fit(X).n_iter_ == 3
