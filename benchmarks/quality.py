@@ -176,12 +176,27 @@ def method_label(method: str) -> str:
     return OURS[method][0] if method in OURS else method
 
 
-def tables(results: list[dict], datasets: list[str]) -> tuple[str, dict]:
+def equal_size_ceiling(y: np.ndarray) -> float:
+    """Highest ACC of any clustering into ``N_CLUSTERS`` clusters of equal size ``N / K``.
+
+    A cluster matched to class ``k`` can hold at most ``min(n_k, N / K)`` of its rows.
+    """
+    counts = np.bincount(y, minlength=N_CLUSTERS)
+    return float(np.minimum(counts, len(y) / N_CLUSTERS).sum() / len(y))
+
+
+def tables(results: list[dict], datasets: list[str], data_dir: Path) -> tuple[str, dict]:
     lines = []
     summary: dict = {}
     for data in datasets:
+        y = load(data, data_dir)[1]
+        counts = np.bincount(y)
         lines += [
             f"### {DATASETS[data]}",
+            "",
+            f"Classes hold {counts.min()} to {counts.max()} rows; a clustering into "
+            f"{N_CLUSTERS} equal clusters (the equipartition) can reach at most ACC "
+            f"{equal_size_ceiling(y):.3f}.",
             "",
             "| method | ACC | NMI | ARI | fit s | smallest cluster / (N/K) | runs |",
             "|---|---|---|---|---|---|---|",
@@ -298,7 +313,7 @@ def main() -> None:
 
     wanted = set(datasets)
     results = [r for r in done if r["data"] in wanted and r["seed"] < args.seeds]
-    body, summary = tables(results, datasets)
+    body, summary = tables(results, datasets, args.data_dir)
     header = (
         "# Clustering quality\n\n"
         f"`python benchmarks/quality.py --data-dir ../shared/data --seeds {args.seeds}`: "

@@ -75,6 +75,13 @@ def test_conv_encoder_maps_flat_images_to_embeddings():
     assert odd(torch.zeros(2, 70)).shape == (2, 3)
 
 
+@pytest.mark.parametrize("pooled_size", [1, 2, 3])
+def test_conv_encoder_embeds_the_last_map_pooled_onto_a_grid(pooled_size):
+    encoder = ConvEncoder((1, 12, 12), channels=(4, 8, 8), embedding_dim=5, pooled_size=pooled_size)
+    assert encoder.layers[-1].in_features == 8 * pooled_size**2
+    assert encoder(images(3)).shape == (3, 5)
+
+
 def tiny(**params):
     defaults = dict(
         n_clusters=3, n_heads=2, embedding_dim=8, max_epochs=3, n_label_steps=3,
