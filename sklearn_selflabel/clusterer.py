@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -603,6 +604,7 @@ class SelfLabelingClusterer(
             logits = net.evaluate_rows(X, self._batch_rows())
             head_losses = net.head_losses(logits)
             best_head = int(np.argmin(head_losses))
+            state = label_step.solver_state_
             # One more label step, on the trained network, balances the clusters that
             # predict gives: argmax Q = argmax (lamb * logits + log b), rows scaled or not.
             log_scalings = sinkhorn_equipartition(
@@ -610,7 +612,7 @@ class SelfLabelingClusterer(
                 lamb=self.sinkhorn_lambda,
                 tol=self.sinkhorn_tol,
                 max_iter=self.sinkhorn_max_iter,
-                init=_head_state(label_step.solver_state_, best_head),
+                init=None if state is None else state[best_head],
             ).state
         self.net_ = net
         self.best_head_ = best_head
@@ -659,8 +661,8 @@ class SelfLabelingClusterer(
         if self.image_shape is None:
             return 120
         # A small image set needs more passes for as many optimizer steps as a large one.
-        n_batches = -(-n_samples // self._batch_rows())
-        return int(np.clip(-(-_MIN_IMAGE_STEPS // n_batches), 60, 120))
+        n_batches = math.ceil(n_samples / self._batch_rows())
+        return int(np.clip(math.ceil(_MIN_IMAGE_STEPS / n_batches), 60, 120))
 
     def _uses_propagation(self) -> bool:
         """Whether the fit trains with invariance propagation (``"auto"``: for images)."""
@@ -828,14 +830,15 @@ class SelfLabelingClusterer(
         the logits of ``best_head_`` plus ``logit_offsets_``; ``"embedding"`` the embedding.
         """
         head = self.best_head_ if output == "logits" else None
+        offsets = None
+        if output == "logits":
+            offsets = torch.from_numpy(self.logit_offsets_).to(self.net_.device)
         result = None
         batch_rows = self._batch_rows()
         for start in range(0, X.shape[0], batch_rows):
             rows = dense_rows(X, start, start + batch_rows)
             outputs = self.net_.evaluate_rows(rows, len(rows), output=output, head=head)
-            if output == "logits":
-                outputs = outputs + torch.from_numpy(self.logit_offsets_).to(outputs.device)
-            part = finish(outputs)
+            part = finish(outputs if offsets is None else outputs + offsets)
             if result is None:
                 result = np.empty((X.shape[0], *part.shape[1:]), dtype=part.dtype)
             result[start : start + len(rows)] = part
@@ -947,11 +950,6 @@ class SelfLabelingClusterer(
         tags.input_tags.sparse = True
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-
-def _head_state(state: torch.Tensor | None, head: int) -> torch.Tensor | None:
-    """One head's row of a multi-head solver state, to warm-start a single-head solve."""
-    return None if state is None else state[head]
 
 
 def _labels(logits: torch.Tensor) -> np.ndarray:
