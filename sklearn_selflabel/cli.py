@@ -37,6 +37,7 @@ _ESTIMATOR_OPTIONS = (
     "batch_size",
     "lr",
     "device",
+    "n_init",
 )
 
 
@@ -123,6 +124,13 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="S",
         help="seed, for reproducible fits (default: none, a different fit each run)",
+    )
+    fit.add_argument(
+        "--n-init",
+        type=_positive_int,
+        metavar="N",
+        help="fits from different seeds; the best-scored one is kept (default: 2 for small "
+        "image sets, else 1)",
     )
     fit.add_argument(
         "--n-heads",

@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -53,6 +54,7 @@ from ._net import SelfLabelNet
 from ._online import ChunkLabelStep, OnlineLabelStep, OnlineSelfLabelNet
 from .augment import ImageAugment, TabularAugment
 from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelNetwork
+from .propagation import neighbour_vote_shares
 from .sinkhorn import sinkhorn_equipartition
 
 _INPUT_DTYPES = [np.float32, np.float64]
@@ -62,6 +64,10 @@ _PROPAGATION_SETTINGS = dict(temperature=0.1, n_negatives=4096, momentum=0.5)
 # Optimizer steps that max_epochs="auto" gives an image fit at least (within 60..120 epochs):
 # 120 epochs on sklearn digits clustered better than 60 (ACC 0.93 against 0.89).
 _MIN_IMAGE_STEPS = 960
+# n_init="auto" trains image fits of at most this many optimizer steps twice: small image sets
+# vary most from seed to seed (sklearn digits: ACC 0.87-0.95), and the better-scored of two
+# fits is better on average (12 seeds: 0.934 against 0.928).
+_MAX_RESTART_STEPS = 1000
 
 
 class SelfLabelingClusterer(
@@ -131,6 +137,15 @@ class SelfLabelingClusterer(
     n_label_steps : int, default=60
         Number of label steps, placed after epoch ``(max_epochs - 1) * (i / n_label_steps)**2``
         for ``i = 0 .. n_label_steps - 1`` (coinciding epochs merge).
+    cluster_sizes : {"equal", "estimated"}, default="estimated"
+        Cluster sizes that the last label step, run on the trained network to fix what
+        ``predict`` gives (see ``logit_offsets_``), aims at. ``"equal"``: the equipartition
+        of training. ``"estimated"``: each training row takes the majority label of its 10
+        nearest neighbours in the embedding (one vote, on at most 50,000 evenly spaced rows),
+        and the shares after the vote, at least half the equal share each, become the step's
+        cluster marginals; rows that the equipartition pushed out of a large category return
+        to it (MNIST-test, whose classes hold 892 to 1135 rows: ACC 0.965 to 0.970). Training
+        always uses the equipartition. Offline mode only.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular rows: Gaussian noise of this many standard
         deviations per feature, and each feature masked to its mean with probability
@@ -194,6 +209,15 @@ class SelfLabelingClusterer(
         Needs ``propagation=False`` in offline mode. ``docs/online.rst`` has the recipe.
     device : str, default="auto"
         Torch device; ``"auto"`` picks CUDA when available, else the CPU.
+    n_init : int or "auto", default="auto"
+        Number of times the network is trained from different seeds; the fit with the highest
+        ``score`` on the training rows (the information between rows and clusters that
+        self-labelling maximises) is kept, as ``KMeans`` keeps the lowest inertia. Each one
+        costs a whole training run. ``"auto"``: 2 for image fits (``image_shape``) of at most
+        1000 optimizer steps (``max_epochs`` times the batches per epoch), such as sklearn
+        digits, whose clusterings vary most between seeds; 1 otherwise, and always 1 with
+        ``checkpoint_dir``, in online mode or with an ``accelerator``. An integer above 1
+        cannot be combined with ``checkpoint_dir``.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, the initial labels, shuffling and augmentation. With an
         integer, two fits on the CPU give identical results. The global numpy, torch and
@@ -223,7 +247,9 @@ class SelfLabelingClusterer(
         ``KeyboardInterrupt`` propagates. ``"keep"``: the estimator fitted from the state
         after the last completed epoch, with a warning that says so, and ``fit`` returns
         (``n_iter_`` tells how many epochs ran); if no epoch had completed, as ``"restore"``.
-        ``"keep"`` holds a copy of the training state in memory.
+        ``"keep"`` holds a copy of the training state in memory. With ``n_init > 1``, ``"keep"``
+        skips the initialisations not yet started and keeps the best-scored fit among those
+        that ran, the interrupted one included.
 
     Attributes
     ----------
@@ -241,17 +267,20 @@ class SelfLabelingClusterer(
         Added to the logits of ``best_head_`` before ``predict`` takes their argmax and
         ``predict_proba`` their softmax: ``log b / sinkhorn_lambda``, where ``b`` are the
         column scalings of a last label step on the trained network's logits of the training
-        rows, so that ``predict`` gives the equipartition labels ``argmax Q`` on them and
-        keeps the clusters of new rows from the same distribution balanced: the network's own
-        argmax drifts from its balanced labels in the last epochs, with clusters of half
-        their share or less. In online mode, the column scalings that the last training
-        batch's labels were found with.
+        rows (with the marginals that ``cluster_sizes`` says), so that ``predict`` gives that
+        step's labels ``argmax Q`` on them and keeps the clusters of new rows from the same
+        distribution at those sizes: the network's own argmax drifts from its balanced labels
+        in the last epochs, with clusters of half their share or less. In online mode, the
+        column scalings that the last training batch's labels were found with.
     embedding_dim_ : int
         Size of the embedding returned by ``transform``.
     device_ : str
         Device the network was trained on.
     n_iter_ : int
-        Number of epochs run.
+        Number of epochs run (by the fit that was kept).
+    init_scores_ : ndarray of shape (n_init,)
+        ``score`` of the training rows under each of the ``n_init`` fits, in the order they
+        ran; the kept fit is the argmax. Set by ``fit``, not by ``partial_fit``.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
@@ -305,6 +334,7 @@ class SelfLabelingClusterer(
         "sinkhorn_tol": [Interval(Real, 0, None, closed="neither")],
         "sinkhorn_max_iter": [Interval(Integral, 1, None, closed="left")],
         "n_label_steps": [Interval(Integral, 1, None, closed="left")],
+        "cluster_sizes": [StrOptions({"equal", "estimated"})],
         "augment_strength": [Interval(Real, 0, None, closed="left")],
         "image_shape": ["array-like", None],
         "propagation": ["boolean", StrOptions({"auto"})],
@@ -318,6 +348,7 @@ class SelfLabelingClusterer(
         "online_sinkhorn_iter": [Interval(Integral, 1, None, closed="left")],
         "accelerator": [HasMethods(["prepare", "backward"]), None],
         "device": [StrOptions({"auto"}), str],
+        "n_init": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
@@ -342,6 +373,7 @@ class SelfLabelingClusterer(
         sinkhorn_tol: float = 1e-3,
         sinkhorn_max_iter: int = 100,
         n_label_steps: int = 60,
+        cluster_sizes: str = "estimated",
         augment_strength: float = 0.5,
         image_shape: tuple[int, ...] | None = None,
         propagation: bool | str = "auto",
@@ -355,6 +387,7 @@ class SelfLabelingClusterer(
         online_sinkhorn_iter: int = 3,
         accelerator=None,
         device: str = "auto",
+        n_init: int | str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
         warm_start: bool = False,
@@ -375,6 +408,7 @@ class SelfLabelingClusterer(
         self.sinkhorn_tol = sinkhorn_tol
         self.sinkhorn_max_iter = sinkhorn_max_iter
         self.n_label_steps = n_label_steps
+        self.cluster_sizes = cluster_sizes
         self.augment_strength = augment_strength
         self.image_shape = image_shape
         self.propagation = propagation
@@ -388,6 +422,7 @@ class SelfLabelingClusterer(
         self.online_sinkhorn_iter = online_sinkhorn_iter
         self.accelerator = accelerator
         self.device = device
+        self.n_init = n_init
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
@@ -433,8 +468,34 @@ class SelfLabelingClusterer(
         hidden_layer_sizes = self._checked_hidden_layer_sizes()
         image_shape = self._checked_image_shape(X.shape[1])
         device = self._training_device()
-        seed = _seed_from(self.random_state)
         n_epochs = self._epochs(n_samples)
+        seeds = self._init_seeds(n_samples, n_epochs)
+        dataset = IndexedRows(X)
+        # Like KMeans' n_init: train from several seeds, keep the fit with the best score.
+        runs, scores = [], []
+        for seed in seeds:
+            net, embedding_dim, interrupted = self._train(
+                dataset, hidden_layer_sizes, image_shape, device, seed, n_epochs
+            )
+            runs.append((net, embedding_dim))
+            self._set_fitted_state(net, X, embedding_dim, device)
+            proba = self._batched_outputs(X, "logits", _probabilities)
+            scores.append(_normalised_information(proba, self.n_clusters))
+            if interrupted:  # on_interrupt="keep": no further initialisations
+                break
+        best = int(np.argmax(scores))
+        if best != len(runs) - 1:
+            net, embedding_dim = runs[best]
+            self._set_fitted_state(net, X, embedding_dim, device)
+        self.init_scores_ = np.asarray(scores)
+        return self
+
+    def _train(self, dataset, hidden_layer_sizes, image_shape, device, seed: int, n_epochs: int):
+        """One initialisation: build the network from ``seed`` and train it (or resume it).
+
+        Returns the net, its embedding size and whether an interruption cut it short.
+        """
+        X = dataset.X
         fingerprint = self._fingerprint(X) if self.checkpoint_dir is not None else None
         resumed_from = self._checkpoint_to_resume()
         end_state = EpochEndState(
@@ -443,7 +504,6 @@ class SelfLabelingClusterer(
             fingerprint=fingerprint,
             resumed_from=resumed_from,
         )
-        dataset = IndexedRows(X)
         with _isolated_torch_rng(seed, device):
             network, embedding_dim = self._build_network(X, hidden_layer_sizes, image_shape)
             net = self._build_net(network, device, seed, n_epochs, end_state=end_state)
@@ -453,8 +513,29 @@ class SelfLabelingClusterer(
                 state = load_state(resumed_from, device)
                 self._resume(net, state, fingerprint, device, n_epochs)
                 net.partial_fit(dataset, epochs=n_epochs - len(net.history))
-            self._after_training(net, dataset, end_state, device, n_epochs)
-        return self._set_fitted_state(net, X, embedding_dim, device)
+            interrupted = self._after_training(net, dataset, end_state, device, n_epochs)
+        return net, embedding_dim, interrupted
+
+    def _init_seeds(self, n_samples: int, n_epochs: int) -> list[int]:
+        """One seed per initialisation; the first is the seed of a single fit."""
+        n_init = self.n_init
+        if n_init == "auto":
+            single = (
+                self.image_shape is None
+                or self.label_mode == "online"
+                or self.checkpoint_dir is not None
+                or self.accelerator is not None
+            )
+            steps = n_epochs * math.ceil(n_samples / self._batch_rows())
+            n_init = 1 if single or steps > _MAX_RESTART_STEPS else 2
+        elif n_init > 1 and self.checkpoint_dir is not None:
+            raise ValueError(
+                f"n_init={n_init} cannot be combined with checkpoint_dir: a checkpoint holds "
+                "one training run. Use n_init=1 to checkpoint and resume."
+            )
+        seed = _seed_from(self.random_state)
+        more = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=n_init - 1)
+        return [seed, *(int(s) for s in more)]
 
     def _fingerprint(self, X) -> dict:
         """What a checkpoint must match to be resumed by a fit of ``X``."""
@@ -512,8 +593,10 @@ class SelfLabelingClusterer(
 
     def _after_training(
         self, net, dataset, end_state: EpochEndState, device, n_epochs: int
-    ) -> None:
+    ) -> bool:
         """Check that training ran to the end; act on an interruption as ``on_interrupt`` says.
+
+        Returns whether training was cut short (and the net kept, ``on_interrupt="keep"``).
 
         skorch ends training quietly on a KeyboardInterrupt (Ctrl-C) and returns, so a net
         cut off mid-training is told apart by its count of completed epochs.
@@ -521,7 +604,7 @@ class SelfLabelingClusterer(
         last_state = end_state.release()
         n_done = end_state.n_completed_epochs_
         if n_done >= n_epochs:
-            return
+            return False
         if last_state is None:  # on_interrupt="restore", or no epoch had completed
             raise KeyboardInterrupt(
                 f"fit was interrupted after {n_done} of {n_epochs} epochs; the "
@@ -534,8 +617,9 @@ class SelfLabelingClusterer(
             f"is fitted from the state after epoch {n_done}, the last completed one "
             "(on_interrupt='keep').",
             UserWarning,
-            stacklevel=5,
+            stacklevel=6,
         )
+        return True
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None) -> SelfLabelingClusterer:
@@ -607,13 +691,21 @@ class SelfLabelingClusterer(
             state = label_step.solver_state_
             # One more label step, on the trained network, balances the clusters that
             # predict gives: argmax Q = argmax (lamb * logits + log b), rows scaled or not.
-            log_scalings = sinkhorn_equipartition(
+            solve = partial(
+                sinkhorn_equipartition,
                 logits[best_head],
                 lamb=self.sinkhorn_lambda,
                 tol=self.sinkhorn_tol,
                 max_iter=self.sinkhorn_max_iter,
-                init=None if state is None else state[best_head],
-            ).state
+            )
+            result = solve(init=None if state is None else state[best_head])
+            if self.cluster_sizes == "estimated":
+                embedding = net.evaluate_rows(X, self._batch_rows(), output="embedding")
+                shares = neighbour_vote_shares(embedding, result.labels, self.n_clusters)
+                # No cluster is voted below half the equal share.
+                shares = np.maximum(shares, 0.5 / self.n_clusters)
+                result = solve(cluster_weights=shares / shares.sum(), init=result.state)
+            log_scalings = result.state
         self.net_ = net
         self.best_head_ = best_head
         self.head_losses_ = head_losses
@@ -926,10 +1018,7 @@ class SelfLabelingClusterer(
         score : float in ``[0, 1]``
             0 when ``n_clusters == 1``.
         """
-        proba = self.predict_proba(X)
-        if self.n_clusters == 1:
-            return 0.0  # one cluster carries no information about the samples
-        return float(_information(proba) / np.log(self.n_clusters))
+        return _normalised_information(self.predict_proba(X), self.n_clusters)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -970,6 +1059,13 @@ def _information(proba: np.ndarray) -> float:
     entropy_of_mean = -np.sum(marginal * np.log(np.clip(marginal, 1e-300, None)))
     mean_entropy = -np.mean(np.sum(proba * np.log(np.clip(proba, 1e-300, None)), axis=1))
     return max(entropy_of_mean - mean_entropy, 0.0)
+
+
+def _normalised_information(proba: np.ndarray, n_clusters: int) -> float:
+    """``score``: the information of ``proba`` divided by its maximum, ``log n_clusters``."""
+    if n_clusters == 1:
+        return 0.0  # one cluster carries no information about the samples
+    return float(_information(proba) / np.log(n_clusters))
 
 
 def _feature_mean_and_scale(X, image_shape=None) -> tuple[np.ndarray, np.ndarray]:

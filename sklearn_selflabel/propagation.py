@@ -126,6 +126,53 @@ def hardest_positives(
     return torch.gather(positives, 1, slot)
 
 
+@torch.no_grad()
+def neighbour_vote_shares(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_clusters: int,
+    n_neighbors: int = 10,
+    max_rows: int = 50_000,
+) -> np.ndarray:
+    """Cluster shares after each row takes the majority label of its nearest neighbours.
+
+    An equipartition forces rows of large categories into neighbouring clusters; the
+    neighbours of such a row mostly belong to its own category, so one majority vote over the
+    nearest-neighbour links of the embedding moves it back, and the vote's cluster shares
+    estimate the sizes that the embedding supports.
+
+    Parameters
+    ----------
+    features : torch.Tensor of shape (n_samples, n_dims)
+        Embedding (cosine similarity).
+    labels : torch.Tensor of shape (n_samples,), int64
+        Current cluster of each row.
+    n_clusters : int
+    n_neighbors : int
+        Voters per row; the row's own label breaks ties.
+    max_rows : int
+        Above this many rows, the vote runs on evenly spaced rows only (the shares are
+        ``n_clusters`` numbers; the neighbour search grows with the square of the rows).
+
+    Returns
+    -------
+    shares : ndarray of shape (n_clusters,), float64
+        Fraction of the (voting) rows in each cluster after the vote; sums to 1.
+    """
+    step = -(-features.shape[0] // max_rows)
+    features, labels = features[::step], labels[::step].to(features.device)
+    if features.shape[0] < 2:
+        votes = labels
+    else:
+        neighbors = nearest_neighbors(features, n_neighbors)
+        counts = torch.zeros(features.shape[0], n_clusters, device=features.device)
+        counts.scatter_add_(1, labels[neighbors], torch.ones(neighbors.shape, device=counts.device))
+        counts[torch.arange(len(labels), device=counts.device), labels] += 0.5
+        votes = counts.argmax(dim=1)
+    sizes = torch.bincount(votes, minlength=n_clusters).double().cpu().numpy()
+    return sizes / sizes.sum()
+
+
 class InvariancePropagation:
     """Memory bank, propagated hard positives and the training terms of invariance propagation.
 

@@ -66,7 +66,7 @@ def test_outputs_have_documented_types_and_shapes(blobs, fitted):
 def test_predict_gives_the_equipartition_labels_of_a_last_label_step():
     # Uneven blobs: the network's own argmax follows the data, the label step balances it.
     X, _ = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
-    model = small(n_clusters=4, max_epochs=20).fit(X)
+    model = small(n_clusters=4, max_epochs=20, cluster_sizes="equal").fit(X)
     logits = model.net_.evaluate_rows(X.astype(np.float32), 64)[model.best_head_]
     assert model.logit_offsets_.shape == (4,) and model.logit_offsets_.dtype == np.float32
     shifted = logits.numpy() + model.logit_offsets_
@@ -80,6 +80,50 @@ def test_predict_gives_the_equipartition_labels_of_a_last_label_step():
     proba = model.predict_proba(X)
     expected_proba = torch.softmax(torch.from_numpy(shifted).double(), dim=1).numpy()
     np.testing.assert_allclose(proba, expected_proba, rtol=1e-6)
+
+
+def test_estimated_cluster_sizes_follow_uneven_blobs():
+    # The same uneven blobs: the equipartition splits the large ones and merges the small
+    # ones; the neighbour vote moves the last label step's marginals towards the blobs' sizes.
+    X, y = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
+    fits = {
+        sizes: small(n_clusters=4, max_epochs=20, cluster_sizes=sizes).fit(X)
+        for sizes in ("equal", "estimated")
+    }
+
+    def size_error(model):
+        return np.abs(np.sort(np.bincount(model.labels_, minlength=4)) - [40, 80, 120, 160]).sum()
+
+    assert size_error(fits["estimated"]) < 0.6 * size_error(fits["equal"])
+    assert adjusted_rand_score(y, fits["estimated"].labels_) > adjusted_rand_score(
+        y, fits["equal"].labels_
+    )
+    estimated = fits["estimated"]
+    logits = estimated.net_.evaluate_rows(X.astype(np.float32), 64)[estimated.best_head_]
+    shifted = logits.numpy() + estimated.logit_offsets_
+    np.testing.assert_array_equal(estimated.labels_, shifted.argmax(axis=1))
+    # No cluster is voted below half its equal share.
+    assert np.bincount(estimated.labels_).min() >= 0.45 * len(X) / 4
+
+
+def test_n_init_keeps_the_fit_with_the_best_score(blobs):
+    X, _ = blobs
+    # With this seed the first of three fits scores best, so the kept one is not the last.
+    single = small(n_init=1, random_state=1).fit(X)
+    several = small(n_init=3, random_state=1).fit(X)
+    assert single.init_scores_.shape == (1,) and several.init_scores_.shape == (3,)
+    assert several.init_scores_.argmax() == 0
+    # The first initialisation is the single fit; the others start from other seeds.
+    assert several.init_scores_[0] == pytest.approx(single.init_scores_[0], rel=1e-6)
+    assert len(np.unique(several.init_scores_)) == 3
+    assert several.score(X) == pytest.approx(several.init_scores_.max(), rel=1e-6)
+    np.testing.assert_array_equal(several.labels_, single.labels_)
+    np.testing.assert_array_equal(several.transform(X), single.transform(X))
+
+
+def test_n_init_above_one_refuses_a_checkpoint_dir(blobs, tmp_path):
+    with pytest.raises(ValueError, match="n_init=2 cannot be combined with checkpoint_dir"):
+        small(n_init=2, checkpoint_dir=tmp_path).fit(blobs[0])
 
 
 def test_blobs_are_found(blobs, fitted):

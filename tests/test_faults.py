@@ -76,6 +76,50 @@ def interrupted(at_batch: int, **params) -> SelfLabelingClusterer:
 # ------------------------------------------------------------------------------- Ctrl-C
 
 
+class CountingEncoder(MLPEncoder):
+    """The default encoder, counting training batches over all its instances (all the
+    initialisations of a fit); the ``interrupt_at``-th raises KeyboardInterrupt."""
+
+    n_training_batches = 0
+    interrupt_at: int | None = None
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__(n_features, (16,), 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            cls = type(self)
+            cls.n_training_batches += 1
+            if cls.n_training_batches == cls.interrupt_at:
+                raise KeyboardInterrupt
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("on_interrupt", ["restore", "keep"])
+def test_interrupt_in_a_later_initialisation(X, on_interrupt, monkeypatch):
+    monkeypatch.setattr(CountingEncoder, "n_training_batches", 0)
+    monkeypatch.setattr(CountingEncoder, "interrupt_at", None)
+    first = small(module=CountingEncoder).fit(X)
+    per_fit = CountingEncoder.n_training_batches
+    # Three batches into epoch 3 of the second of three initialisations.
+    monkeypatch.setattr(CountingEncoder, "n_training_batches", 0)
+    monkeypatch.setattr(CountingEncoder, "interrupt_at", per_fit + 2 * BATCHES_PER_EPOCH + 3)
+    model = small(module=CountingEncoder, n_init=3, on_interrupt=on_interrupt)
+    if on_interrupt == "restore":
+        with pytest.raises(KeyboardInterrupt, match="after 2 of 6 epochs"):
+            model.fit(X)
+        assert not hasattr(model, "net_") and not hasattr(model, "labels_")
+        return
+    with pytest.warns(UserWarning, match="interrupted in epoch 3 of 6.*after epoch 2"):
+        model.fit(X)
+    # The third initialisation never started; the kept fit is the better of the two that ran.
+    assert model.init_scores_.shape == (2,)
+    assert model.init_scores_[0] == pytest.approx(first.init_scores_[0], rel=1e-6)
+    kept = int(model.init_scores_.argmax())
+    assert model.n_iter_ == (6 if kept == 0 else 2)
+    assert model.score(X) == pytest.approx(model.init_scores_[kept], rel=1e-6)
+
+
 def test_interrupt_in_last_epoch_restores_the_previous_fit(X, fitted):
     model = small().fit(X)
     before, net = model.transform(X), model.net_
@@ -296,6 +340,10 @@ def test_concurrent_predicts_match_serial_ones(fitted):
 
 
 def test_no_warning_from_a_plain_fit(X):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         small(max_epochs=2).fit(X)
+        # Scoring several fits must not re-validate the rows without their column names.
+        small(max_epochs=2, n_init=2).fit(frame).predict(frame)

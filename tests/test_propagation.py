@@ -10,6 +10,7 @@ from sklearn_selflabel.propagation import (
     InvariancePropagation,
     hardest_positives,
     nearest_neighbors,
+    neighbour_vote_shares,
     propagate,
 )
 
@@ -102,3 +103,28 @@ def test_label_term_pulls_a_sample_towards_its_positives_labels():
     low = float(term.training_term(bank[indices], agree, indices, labels))
     high = float(term.training_term(bank[indices], -agree, indices, labels))
     assert low < 0.01 < 5 < high
+
+
+def test_neighbour_vote_returns_rows_that_an_equipartition_pushed_out_of_their_blob():
+    # Blobs of 50, 30 and 40 rows on three axes, labelled as an equal split would: 10 rows of
+    # the large blob, scattered through it, carry the label of the small one.
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8) * 10
+    truth = np.repeat([0, 1, 2], [50, 30, 40])
+    features = torch.from_numpy(centres[truth] + rng.normal(size=(120, 8))).float()
+    labels = torch.from_numpy(truth.copy())
+    labels[rng.choice(50, size=10, replace=False)] = 1
+    assert np.allclose(np.bincount(labels.numpy()) / 120, 1 / 3)
+    shares = neighbour_vote_shares(features, labels, n_clusters=3)
+    np.testing.assert_allclose(shares, [5 / 12, 3 / 12, 4 / 12], atol=0.02)
+    assert shares.dtype == np.float64 and shares.sum() == pytest.approx(1.0)
+    # On evenly spaced rows only, the estimate stays close.
+    subsampled = neighbour_vote_shares(features, labels, n_clusters=3, max_rows=60)
+    np.testing.assert_allclose(subsampled, [5 / 12, 3 / 12, 4 / 12], atol=0.05)
+
+
+def test_neighbour_vote_keeps_a_row_on_a_tie_and_counts_empty_clusters():
+    # Two rows are each other's only neighbour: a one-to-one tie, broken by the row's own label.
+    features = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
+    shares = neighbour_vote_shares(features, torch.tensor([0, 2]), n_clusters=4, n_neighbors=1)
+    np.testing.assert_array_equal(shares, [0.5, 0.0, 0.5, 0.0])
