@@ -217,7 +217,7 @@ class SelfLabelingClusterer(
         1000 optimizer steps (``max_epochs`` times the batches per epoch), such as sklearn
         digits, whose clusterings vary most between seeds; 1 otherwise, and always 1 with
         ``checkpoint_dir``, in online mode or with an ``accelerator``. An integer above 1
-        cannot be combined with ``checkpoint_dir``.
+        cannot be combined with ``checkpoint_dir`` or an ``accelerator``.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, the initial labels, shuffling and augmentation. With an
         integer, two fits on the CPU give identical results. The global numpy, torch and
@@ -471,22 +471,23 @@ class SelfLabelingClusterer(
         n_epochs = self._epochs(n_samples)
         seeds = self._init_seeds(n_samples, n_epochs)
         dataset = IndexedRows(X)
-        # Like KMeans' n_init: train from several seeds, keep the fit with the best score.
-        runs, scores = [], []
+        # Like KMeans' n_init: train from several seeds, keep the fit with the best score
+        # (only that fit's network stays in memory).
+        best, scores = None, []
         for seed in seeds:
             net, embedding_dim, interrupted = self._train(
                 dataset, hidden_layer_sizes, image_shape, device, seed, n_epochs
             )
-            runs.append((net, embedding_dim))
             self._set_fitted_state(net, X, embedding_dim, device)
             proba = self._batched_outputs(X, "logits", _probabilities)
-            scores.append(_normalised_information(proba, self.n_clusters))
+            score = _normalised_information(proba, self.n_clusters)
+            if best is None or score > max(scores):
+                best = (net, embedding_dim)
+            scores.append(score)
             if interrupted:  # on_interrupt="keep": no further initialisations
                 break
-        best = int(np.argmax(scores))
-        if best != len(runs) - 1:
-            net, embedding_dim = runs[best]
-            self._set_fitted_state(net, X, embedding_dim, device)
+        if self.net_ is not best[0]:
+            self._set_fitted_state(best[0], X, best[1], device)
         self.init_scores_ = np.asarray(scores)
         return self
 
@@ -532,6 +533,11 @@ class SelfLabelingClusterer(
             raise ValueError(
                 f"n_init={n_init} cannot be combined with checkpoint_dir: a checkpoint holds "
                 "one training run. Use n_init=1 to checkpoint and resume."
+            )
+        elif n_init > 1 and self.accelerator is not None:
+            raise ValueError(
+                f"n_init={n_init} cannot be combined with an accelerator: processes that "
+                "score their own share of the data could keep different fits. Use n_init=1."
             )
         seed = _seed_from(self.random_state)
         more = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=n_init - 1)

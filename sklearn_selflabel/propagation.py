@@ -161,14 +161,11 @@ def neighbour_vote_shares(
     """
     step = -(-features.shape[0] // max_rows)
     features, labels = features[::step], labels[::step].to(features.device)
-    if features.shape[0] < 2:
-        votes = labels
-    else:
-        neighbors = nearest_neighbors(features, n_neighbors)
-        counts = torch.zeros(features.shape[0], n_clusters, device=features.device)
-        counts.scatter_add_(1, labels[neighbors], torch.ones(neighbors.shape, device=counts.device))
-        counts[torch.arange(len(labels), device=counts.device), labels] += 0.5
-        votes = counts.argmax(dim=1)
+    neighbors = nearest_neighbors(features, n_neighbors)
+    counts = torch.zeros(features.shape[0], n_clusters, device=features.device)
+    counts.scatter_add_(1, labels[neighbors], torch.ones(neighbors.shape, device=counts.device))
+    counts[torch.arange(len(labels), device=counts.device), labels] += 0.5
+    votes = counts.argmax(dim=1)
     sizes = torch.bincount(votes, minlength=n_clusters).double().cpu().numpy()
     return sizes / sizes.sum()
 

@@ -128,3 +128,6 @@ def test_neighbour_vote_keeps_a_row_on_a_tie_and_counts_empty_clusters():
     features = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
     shares = neighbour_vote_shares(features, torch.tensor([0, 2]), n_clusters=4, n_neighbors=1)
     np.testing.assert_array_equal(shares, [0.5, 0.0, 0.5, 0.0])
+    # A lone row has no voters and keeps its label.
+    lone = neighbour_vote_shares(features[:1], torch.tensor([3]), n_clusters=4)
+    np.testing.assert_array_equal(lone, [0.0, 0.0, 0.0, 1.0])

@@ -295,3 +295,5 @@ def test_accelerator_settings_are_checked(blobs):
         small(accelerator=accelerator, propagation=True).fit(X)
     with pytest.raises(ValueError, match="partial_fit"):
         small(accelerator=accelerator, label_mode="online").partial_fit(X)
+    with pytest.raises(ValueError, match="n_init=2 cannot be combined with an accelerator"):
+        small(accelerator=accelerator, n_init=2).fit(X)
