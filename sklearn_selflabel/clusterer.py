@@ -478,9 +478,7 @@ class SelfLabelingClusterer(
             net, embedding_dim, interrupted = self._train(
                 dataset, hidden_layer_sizes, image_shape, device, seed, n_epochs
             )
-            self._set_fitted_state(net, X, embedding_dim, device)
-            proba = self._batched_outputs(X, "logits", _probabilities)
-            score = _normalised_information(proba, self.n_clusters)
+            score = self._set_fitted_state(net, X, embedding_dim, device)
             if best is None or score > max(scores):
                 best = (net, embedding_dim)
             scores.append(score)
@@ -527,7 +525,7 @@ class SelfLabelingClusterer(
                 or self.checkpoint_dir is not None
                 or self.accelerator is not None
             )
-            steps = n_epochs * math.ceil(n_samples / self._batch_rows())
+            steps = n_epochs * self._n_batches(n_samples)
             n_init = 1 if single or steps > _MAX_RESTART_STEPS else 2
         elif n_init > 1 and self.checkpoint_dir is not None:
             raise ValueError(
@@ -679,9 +677,14 @@ class SelfLabelingClusterer(
                     # Continuing a full-data fit: its scheduled steps index the fit's rows.
                     net.set_params(callbacks__label_step=self._chunk_label_step().initialize())
             net.partial_fit(IndexedRows(X), epochs=1)
-        return self._set_fitted_state(net, X, embedding_dim, device)
+        self._set_fitted_state(net, X, embedding_dim, device)
+        return self
 
-    def _set_fitted_state(self, net, X, embedding_dim: int, device) -> SelfLabelingClusterer:
+    def _set_fitted_state(self, net, X, embedding_dim: int, device) -> float:
+        """Make ``net`` the fitted model of the training rows ``X``.
+
+        Returns the ``score`` of ``X``, found in the same inference pass as ``labels_``.
+        """
         # Inference never switches a network that is in eval mode (see evaluate_rows), so
         # predict calls from several threads at once only read it.
         net.module_.eval()
@@ -719,8 +722,25 @@ class SelfLabelingClusterer(
         self.embedding_dim_ = embedding_dim
         self.device_ = str(device)
         self.n_iter_ = len(net.history)
-        self.labels_ = self._batched_outputs(X, "logits", _labels)
-        return self
+        self.labels_, score = self._labels_and_score(X)
+        return score
+
+    def _labels_and_score(self, X) -> tuple[np.ndarray, float]:
+        """``predict`` and ``score`` of the rows ``X`` in one pass, in memory of the labels."""
+        proba_sum = torch.zeros(self.n_clusters, dtype=torch.float64, device=self.net_.device)
+        entropy_sum = torch.zeros((), dtype=torch.float64, device=self.net_.device)
+
+        def labels_and_sums(logits: torch.Tensor) -> np.ndarray:
+            log_proba = torch.log_softmax(logits.double(), dim=1)
+            proba = log_proba.exp()
+            proba_sum.add_(proba.sum(dim=0))
+            entropy_sum.sub_((proba * log_proba).sum())
+            return _labels(logits)
+
+        labels = self._batched_outputs(X, "logits", labels_and_sums)
+        n_rows = X.shape[0]
+        information = _information_of(_to_numpy(proba_sum / n_rows), entropy_sum.item() / n_rows)
+        return labels, _normalised_information(information, self.n_clusters)
 
     def _checked_rows(self, X, *, reset: bool, ensure_min_samples: int = 1):
         """``validate_data``, except that out-of-core inputs are checked chunk by chunk."""
@@ -759,7 +779,7 @@ class SelfLabelingClusterer(
         if self.image_shape is None:
             return 120
         # A small image set needs more passes for as many optimizer steps as a large one.
-        n_batches = math.ceil(n_samples / self._batch_rows())
+        n_batches = self._n_batches(n_samples)
         return int(np.clip(math.ceil(_MIN_IMAGE_STEPS / n_batches), 60, 120))
 
     def _uses_propagation(self) -> bool:
@@ -905,6 +925,10 @@ class SelfLabelingClusterer(
             batch_size=self._batch_rows(),
         )
 
+    def _n_batches(self, n_samples: int) -> int:
+        """Training mini-batches per epoch over ``n_samples`` rows."""
+        return math.ceil(n_samples / self._batch_rows())
+
     def _batch_rows(self) -> int:
         if self.batch_size == "auto":
             return 1024 if self.label_mode == "online" else 256
@@ -1024,7 +1048,7 @@ class SelfLabelingClusterer(
         score : float in ``[0, 1]``
             0 when ``n_clusters == 1``.
         """
-        return _normalised_information(self.predict_proba(X), self.n_clusters)
+        return _normalised_information(_information(self.predict_proba(X)), self.n_clusters)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -1061,17 +1085,22 @@ def _to_numpy(embedding: torch.Tensor) -> np.ndarray:
 
 def _information(proba: np.ndarray) -> float:
     """Mutual information between the row index and the label under ``proba``."""
-    marginal = proba.mean(axis=0)
-    entropy_of_mean = -np.sum(marginal * np.log(np.clip(marginal, 1e-300, None)))
     mean_entropy = -np.mean(np.sum(proba * np.log(np.clip(proba, 1e-300, None)), axis=1))
+    return _information_of(proba.mean(axis=0), mean_entropy)
+
+
+def _information_of(marginal: np.ndarray, mean_entropy: float) -> float:
+    """``H(marginal) - mean_entropy``: the information from the label marginal and the mean
+    entropy of the rows' label distributions."""
+    entropy_of_mean = -np.sum(marginal * np.log(np.clip(marginal, 1e-300, None)))
     return max(entropy_of_mean - mean_entropy, 0.0)
 
 
-def _normalised_information(proba: np.ndarray, n_clusters: int) -> float:
-    """``score``: the information of ``proba`` divided by its maximum, ``log n_clusters``."""
+def _normalised_information(information: float, n_clusters: int) -> float:
+    """``score``: ``information`` divided by its maximum, ``log n_clusters``."""
     if n_clusters == 1:
         return 0.0  # one cluster carries no information about the samples
-    return float(_information(proba) / np.log(n_clusters))
+    return float(information / np.log(n_clusters))
 
 
 def _feature_mean_and_scale(X, image_shape=None) -> tuple[np.ndarray, np.ndarray]:
