@@ -12,7 +12,12 @@ from skorch.callbacks import Callback
 from tqdm import tqdm
 
 from ._data import iter_row_batches
-from .propagation import InvariancePropagation, hardest_positives, nearest_neighbors
+from .propagation import (
+    InvariancePropagation,
+    hardest_positives,
+    nearest_neighbors,
+    neighbour_vote_shares,
+)
 from .sinkhorn import SinkhornResult, sinkhorn_equipartition
 
 
@@ -34,14 +39,27 @@ def random_equal_split(n_samples: int, n_clusters: int, n_heads: int, seed: int)
     return np.stack([rng.permutation(equal) for _ in range(n_heads)])
 
 
+def estimated_cluster_weights(
+    embedding: torch.Tensor, labels: torch.Tensor, n_clusters: int
+) -> np.ndarray:
+    """Cluster sizes that the embedding supports, for labels of shape ``(n_samples,)`` or
+    ``(n_heads, n_samples)``: the shares after a majority vote of each row's nearest
+    neighbours (``neighbour_vote_shares``), none below half the equal share, so that no
+    cluster can be voted away.
+    """
+    return neighbour_vote_shares(embedding, labels, n_clusters, min_share=0.5 / n_clusters)
+
+
 class LabelStep(Callback):
     """Recompute every head's hard labels by the equipartition Sinkhorn step on a schedule.
 
     At ``on_train_begin`` the labels are a random equal split. After each scheduled epoch the
     network's logits on the clean training rows go through ``sinkhorn_equipartition``, warm
     started from the previous step's scalings, and ``argmax Q`` becomes the new label table.
-    Every epoch records in the history: ``label_step`` (bool), ``labels_changed`` (fraction of
-    (head, row) labels that changed, 0 without a step), ``min_cluster_size`` and
+    From epoch ``estimate_sizes_from`` on, each head's step aims at the cluster sizes that its
+    current labels and the embedding support (``estimated_cluster_weights``) rather than at
+    equal ones. Every epoch records in the history: ``label_step`` (bool), ``labels_changed``
+    (fraction of (head, row) labels that changed, 0 without a step), ``min_cluster_size`` and
     ``max_cluster_size`` (over all heads), and at a step ``sinkhorn_n_iter``,
     ``sinkhorn_error`` and ``label_step_seconds`` (the whole step: forward pass and solver).
     """
@@ -57,6 +75,7 @@ class LabelStep(Callback):
         max_iter: int,
         batch_size: int,
         seed: int,
+        estimate_sizes_from: float | None = None,
     ) -> None:
         self.epochs = epochs
         self.n_clusters = n_clusters
@@ -66,6 +85,7 @@ class LabelStep(Callback):
         self.max_iter = max_iter
         self.batch_size = batch_size
         self.seed = seed
+        self.estimate_sizes_from = estimate_sizes_from
 
     def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
         if _has_rows(getattr(net, "label_table_", None), len(X), axis=1):
@@ -76,9 +96,20 @@ class LabelStep(Callback):
 
     def solve(self, net, X) -> SinkhornResult:
         """Sinkhorn on the clean logits of the rows ``X``, warm-started from the previous step."""
-        logits = net.evaluate_rows(X, self.batch_size)
+        epoch = len(net.history) - 1
+        weights = None
+        if self.estimate_sizes_from is not None and epoch >= self.estimate_sizes_from:
+            embedding, logits = net.evaluate_rows(X, self.batch_size, output="both")
+            weights = estimated_cluster_weights(embedding, net.label_table_, self.n_clusters)
+        else:
+            logits = net.evaluate_rows(X, self.batch_size)
         result = sinkhorn_equipartition(
-            logits, lamb=self.lamb, tol=self.tol, max_iter=self.max_iter, init=self.solver_state_
+            logits,
+            lamb=self.lamb,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            cluster_weights=weights,
+            init=self.solver_state_,
         )
         self.solver_state_ = result.state
         return result

@@ -62,16 +62,16 @@ class SelfLabelNet(NeuralNet):
         ----------
         X : array-like or sparse matrix of shape (n_samples, n_features)
         batch_size : int
-        output : {"logits", "embedding"}
+        output : {"logits", "embedding", "both"}
             ``"logits"`` gives ``(n_heads, n_samples, n_clusters)``; ``"embedding"`` gives
-            ``(n_samples, embedding_dim)``.
+            ``(n_samples, embedding_dim)``; ``"both"`` gives ``(embedding, logits)`` from one pass.
         head : int or None
             With ``output="logits"``, keep only this head's logits, ``(n_samples, n_clusters)``,
             so that inference holds one head's outputs rather than all of them.
 
         Returns
         -------
-        torch.Tensor on the network's device.
+        torch.Tensor (a pair of them with ``"both"``) on the network's device.
         """
         module = self.module_
         # A fitted network is left in eval mode and is then never switched: concurrent calls
@@ -81,6 +81,12 @@ class SelfLabelNet(NeuralNet):
             module.eval()
         if output == "embedding":
             forward = module.embed
+        elif output == "both":
+
+            def forward(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                embedding = module.embed(rows)
+                return embedding, module.heads(embedding)
+
         elif head is None:
             forward = module
         else:
@@ -96,6 +102,9 @@ class SelfLabelNet(NeuralNet):
         finally:
             if was_training:
                 module.train()
+        if output == "both":
+            embeddings, logits = zip(*parts, strict=True)
+            return torch.cat(embeddings), torch.cat(logits, dim=-2)
         return torch.cat(parts, dim=-2)
 
     def head_losses(self, logits: torch.Tensor) -> np.ndarray:

@@ -7,7 +7,6 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -31,6 +30,7 @@ from ._callbacks import (
     FiniteLossGuard,
     LabelStep,
     PropagationRefresh,
+    estimated_cluster_weights,
     label_step_epochs,
 )
 from ._checkpoint import (
@@ -54,7 +54,6 @@ from ._net import SelfLabelNet
 from ._online import ChunkLabelStep, OnlineLabelStep, OnlineSelfLabelNet
 from .augment import ImageAugment, TabularAugment
 from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelNetwork
-from .propagation import neighbour_vote_shares
 from .sinkhorn import sinkhorn_equipartition
 
 _INPUT_DTYPES = [np.float32, np.float64]
@@ -68,6 +67,9 @@ _MIN_IMAGE_STEPS = 960
 # vary most from seed to seed (sklearn digits: ACC 0.87-0.95), and the better-scored of two
 # fits is better on average (12 seeds: 0.935 against 0.927 for a single fit).
 _MAX_RESTART_STEPS = 1000
+# With cluster_sizes="estimated", label steps aim at estimated sizes from this fraction of
+# the last label step's epoch on: before, the embedding does not yet hold the categories.
+_ESTIMATED_SIZES_FROM = 0.5
 
 
 class SelfLabelingClusterer(
@@ -694,26 +696,25 @@ class SelfLabelingClusterer(
             best_head = int(np.argmin(head_losses))
             log_scalings = label_step.sinkhorn_.log_scaling[best_head]
         else:
-            logits = net.evaluate_rows(X, self._batch_rows())
+            embedding, logits = net.evaluate_rows(X, self._batch_rows(), output="both")
             head_losses = net.head_losses(logits)
             best_head = int(np.argmin(head_losses))
             state = label_step.solver_state_
-            # One more label step, on the trained network, balances the clusters that
+            weights = None
+            if self.cluster_sizes == "estimated":
+                weights = estimated_cluster_weights(
+                    embedding, net.label_table_[best_head], self.n_clusters
+                )
+            # One more label step, on the trained network, sets the cluster sizes that
             # predict gives: argmax Q = argmax (lamb * logits + log b), rows scaled or not.
-            solve = partial(
-                sinkhorn_equipartition,
+            result = sinkhorn_equipartition(
                 logits[best_head],
                 lamb=self.sinkhorn_lambda,
                 tol=self.sinkhorn_tol,
                 max_iter=self.sinkhorn_max_iter,
+                cluster_weights=weights,
+                init=None if state is None else state[best_head],
             )
-            result = solve(init=None if state is None else state[best_head])
-            if self.cluster_sizes == "estimated":
-                embedding = net.evaluate_rows(X, self._batch_rows(), output="embedding")
-                shares = neighbour_vote_shares(embedding, result.labels, self.n_clusters)
-                # No cluster is voted below half the equal share.
-                shares = np.maximum(shares, 0.5 / self.n_clusters)
-                result = solve(cluster_weights=shares / shares.sum(), init=result.state)
             log_scalings = result.state
         self.net_ = net
         self.best_head_ = best_head
@@ -863,9 +864,15 @@ class SelfLabelingClusterer(
         elif chunked:
             label_step = self._chunk_label_step()
         else:
+            epochs = label_step_epochs(n_epochs, self.n_label_steps)
             label_step = LabelStep(
-                frozenset(label_step_epochs(n_epochs, self.n_label_steps).tolist()),
+                frozenset(epochs.tolist()),
                 seed=seed,
+                estimate_sizes_from=(
+                    _ESTIMATED_SIZES_FROM * epochs.max()
+                    if self.cluster_sizes == "estimated"
+                    else None
+                ),
                 **self._offline_label_params(),
             )
         callbacks = [("label_step", label_step), ("finite_loss", FiniteLossGuard())]

@@ -133,6 +133,7 @@ def neighbour_vote_shares(
     n_clusters: int,
     n_neighbors: int = 10,
     max_rows: int = 50_000,
+    min_share: float = 0.0,
 ) -> np.ndarray:
     """Cluster shares after each row takes the majority label of its nearest neighbours.
 
@@ -145,29 +146,40 @@ def neighbour_vote_shares(
     ----------
     features : torch.Tensor of shape (n_samples, n_dims)
         Embedding (cosine similarity).
-    labels : torch.Tensor of shape (n_samples,), int64
-        Current cluster of each row.
+    labels : torch.Tensor of shape (n_samples,) or (n_heads, n_samples), int64
+        Current cluster of each row; one row of labels per head votes over the same
+        neighbours (found once).
     n_clusters : int
     n_neighbors : int
         Voters per row; the row's own label breaks ties.
     max_rows : int
         Above this many rows, the vote runs on evenly spaced rows only (the shares are
         ``n_clusters`` numbers; the neighbour search grows with the square of the rows).
+    min_share : float
+        Shares below this are raised to it before the shares are normalised again.
 
     Returns
     -------
-    shares : ndarray of shape (n_clusters,), float64
-        Fraction of the (voting) rows in each cluster after the vote; sums to 1.
+    shares : ndarray of shape (n_clusters,) or (n_heads, n_clusters), float64
+        Fraction of the (voting) rows in each cluster after the vote; each row sums to 1.
     """
     step = -(-features.shape[0] // max_rows)
-    features, labels = features[::step], labels[::step].to(features.device)
+    features = features[::step]
+    label_rows = labels.reshape(-1, labels.shape[-1])[:, ::step].to(features.device)
     neighbors = nearest_neighbors(features, n_neighbors)
-    counts = torch.zeros(features.shape[0], n_clusters, device=features.device)
-    counts.scatter_add_(1, labels[neighbors], torch.ones(neighbors.shape, device=counts.device))
-    counts[torch.arange(len(labels), device=counts.device), labels] += 0.5
-    votes = counts.argmax(dim=1)
-    sizes = torch.bincount(votes, minlength=n_clusters).double().cpu().numpy()
-    return sizes / sizes.sum()
+    own = torch.arange(features.shape[0], device=features.device)
+    shares = np.empty((len(label_rows), n_clusters))
+    for head, head_labels in enumerate(label_rows):
+        counts = torch.zeros(features.shape[0], n_clusters, device=features.device)
+        counts.scatter_add_(
+            1, head_labels[neighbors], torch.ones(neighbors.shape, device=counts.device)
+        )
+        counts[own, head_labels] += 0.5
+        votes = counts.argmax(dim=1)
+        shares[head] = torch.bincount(votes, minlength=n_clusters).double().cpu().numpy()
+    shares = np.maximum(shares / shares.sum(axis=1, keepdims=True), min_share)
+    shares /= shares.sum(axis=1, keepdims=True)
+    return shares.reshape(labels.shape[:-1] + (n_clusters,))
 
 
 class InvariancePropagation:

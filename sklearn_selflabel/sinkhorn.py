@@ -151,8 +151,9 @@ def sinkhorn_equipartition(
     lamb : float, default=25.0
         Inverse entropic regularisation; ``Q ∝ softmax(logits) ** lamb`` up to
         row and column scalings. Larger values give harder assignments.
-    cluster_weights : array-like of shape (n_clusters,), default=None
-        Positive target cluster sizes, normalised to sum to one. Uniform if None.
+    cluster_weights : array-like of shape (n_clusters,) or (n_heads, n_clusters), default=None
+        Positive target cluster sizes, normalised to sum to one (per head). Uniform if None.
+        The 2-D form, for 3-D ``logits``, gives each head its own sizes.
     tol : float, default=1e-3
         Stop once the relative cluster-mass error ``marginal_error <= tol``.
     max_iter : int, default=1000
@@ -233,7 +234,7 @@ def sinkhorn_equipartition(
     batched = x.ndim == 3
     heads = x if batched else x.unsqueeze(0)
     n_heads, n_samples, n_clusters = heads.shape
-    log_w = _check_weights(cluster_weights, n_clusters)
+    log_w = _check_weights(cluster_weights, n_heads, n_clusters, batched)
     init_arr = _check_init(init, n_heads, n_clusters, batched)
 
     labels: torch.Tensor | None = None
@@ -245,7 +246,7 @@ def sinkhorn_equipartition(
         for h in range(n_heads):
             head_init = None if init_arr is None else init_arr[h]
             errors, pot, converged = _iterate(
-                heads[h], lamb, log_w, tol, int(max_iter), head_init, passes
+                heads[h], lamb, log_w[h], tol, int(max_iter), head_init, passes
             )
             if labels is None:
                 # Allocated only now that the first head's kernel buffer has been freed.
@@ -696,20 +697,23 @@ def _to_float64(value: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a numeric array: {exc}") from None
 
 
-def _check_weights(weights: Any, n_clusters: int) -> np.ndarray:
-    """Log of the normalised cluster weights."""
+def _check_weights(weights: Any, n_heads: int, n_clusters: int, batched: bool) -> np.ndarray:
+    """Log of the normalised cluster weights, one row per head: ``(n_heads, n_clusters)``."""
     if weights is None:
-        return np.full(n_clusters, -math.log(n_clusters))
+        return np.full((n_heads, n_clusters), -math.log(n_clusters))
     w = _to_float64(weights, "cluster_weights")
-    if w.shape != (n_clusters,):
+    shapes = [(n_clusters,), (n_heads, n_clusters)] if batched else [(n_clusters,)]
+    if w.shape not in shapes:
+        expected = " or ".join(str(shape) for shape in shapes)
         raise ValueError(
-            f"cluster_weights must have shape ({n_clusters},) to match logits, got {w.shape}"
+            f"cluster_weights must have shape {expected} to match logits, got {w.shape}"
         )
     if not np.isfinite(w).all():
         raise ValueError("cluster_weights must be finite")
     if not (w > 0).all():
         raise ValueError("cluster_weights must be strictly positive")
-    return np.log(w / w.sum())
+    w = np.broadcast_to(w, (n_heads, n_clusters))
+    return np.log(w / w.sum(axis=1, keepdims=True))
 
 
 def _check_init(init: Any, n_heads: int, n_clusters: int, batched: bool) -> np.ndarray | None:

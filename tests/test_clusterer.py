@@ -106,6 +106,31 @@ def test_estimated_cluster_sizes_follow_uneven_blobs():
     assert np.bincount(estimated.labels_).min() >= 0.45 * len(X) / 4
 
 
+def test_estimated_cluster_sizes_enter_training_from_half_the_label_schedule():
+    X, _ = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
+    fits = {
+        sizes: small(n_clusters=4, max_epochs=20, cluster_sizes=sizes).fit(X)
+        for sizes in ("equal", "estimated")
+    }
+    label_step = dict(fits["estimated"].net_.callbacks_)["label_step"]
+    assert label_step.estimate_sizes_from == 0.5 * max(label_step.epochs)
+    assert dict(fits["equal"].net_.callbacks_)["label_step"].estimate_sizes_from is None
+    first = min(epoch for epoch in label_step.epochs if epoch >= label_step.estimate_sizes_from)
+    equal, estimated = fits["equal"].net_.history, fits["estimated"].net_.history
+    # The same training up to the first step that aims at estimated sizes ...
+    assert equal[: first + 1, "train_loss"] == estimated[: first + 1, "train_loss"]
+    assert equal[:first, "max_cluster_size"] == estimated[:first, "max_cluster_size"]
+    # ... which gives the large blobs larger clusters in training, and changes what follows.
+    assert estimated[first, "max_cluster_size"] > equal[first, "max_cluster_size"] + 20
+    assert estimated[first + 1, "train_loss"] != equal[first + 1, "train_loss"]
+
+    def table_size_error(model):
+        table = model.net_.label_table_[model.best_head_].numpy()
+        return np.abs(np.sort(np.bincount(table, minlength=4)) - [40, 80, 120, 160]).sum()
+
+    assert table_size_error(fits["estimated"]) < 0.6 * table_size_error(fits["equal"])
+
+
 def test_n_init_keeps_the_fit_with_the_best_score(blobs):
     X, _ = blobs
     # With this seed the first of three fits scores best, so the kept one is not the last.

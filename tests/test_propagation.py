@@ -131,3 +131,19 @@ def test_neighbour_vote_keeps_a_row_on_a_tie_and_counts_empty_clusters():
     # A lone row has no voters and keeps its label.
     lone = neighbour_vote_shares(features[:1], torch.tensor([3]), n_clusters=4)
     np.testing.assert_array_equal(lone, [0.0, 0.0, 0.0, 1.0])
+
+
+def test_neighbour_vote_per_head_matches_one_vote_per_head_and_floors_small_shares():
+    rng = np.random.default_rng(1)
+    features = torch.from_numpy(rng.normal(size=(200, 6))).float()
+    heads = torch.from_numpy(rng.integers(0, 5, size=(3, 200)))
+    together = neighbour_vote_shares(features, heads, n_clusters=5)
+    assert together.shape == (3, 5)
+    for head, shares in zip(heads, together, strict=True):
+        np.testing.assert_array_equal(shares, neighbour_vote_shares(features, head, n_clusters=5))
+    # One blob of four rows labelled 0, 1, 0, 0: the vote empties cluster 1, the floor refills it.
+    blob = torch.tensor([[1.0, 0.0], [0.99, 0.01], [0.98, 0.02], [0.97, 0.03]])
+    labels = torch.tensor([0, 1, 0, 0])
+    assert neighbour_vote_shares(blob, labels, n_clusters=2)[1] == 0.0
+    floored = neighbour_vote_shares(blob, labels, n_clusters=2, min_share=0.25)
+    np.testing.assert_allclose(floored, [1 / 1.25, 0.25 / 1.25])

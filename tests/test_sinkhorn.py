@@ -205,6 +205,24 @@ def test_cluster_weights_are_honoured(seed, k, concentration):
     assert 0.5 * np.abs(sizes - target).sum() <= 0.15
 
 
+def test_per_head_cluster_weights_solve_each_head_with_its_own():
+    rng = np.random.default_rng(3)
+    logits = network_logits(rng, 3 * 400, 6, dtype=np.float32).reshape(3, 400, 6)
+    weights = rng.dirichlet(np.ones(6), size=3) + 0.05
+    batched = sinkhorn_equipartition(logits, lamb=10.0, cluster_weights=weights, return_q=True)
+    for head in range(3):
+        alone = sinkhorn_equipartition(
+            logits[head], lamb=10.0, cluster_weights=weights[head], return_q=True
+        )
+        np.testing.assert_array_equal(batched.labels[head], alone.labels)
+        np.testing.assert_allclose(batched.q[head], alone.q, atol=1e-6)
+    # A 2-D weight for a single head, or one row per head of the wrong count, is refused.
+    with pytest.raises(ValueError, match=r"shape \(6,\) to match"):
+        sinkhorn_equipartition(logits[0], cluster_weights=weights)
+    with pytest.raises(ValueError, match=r"\(3, 6\)"):
+        sinkhorn_equipartition(logits, cluster_weights=weights[:2])
+
+
 # --------------------------------------------------------------- bad input
 
 
