@@ -140,14 +140,17 @@ class SelfLabelingClusterer(
         Number of label steps, placed after epoch ``(max_epochs - 1) * (i / n_label_steps)**2``
         for ``i = 0 .. n_label_steps - 1`` (coinciding epochs merge).
     cluster_sizes : {"equal", "estimated"}, default="estimated"
-        Cluster sizes that the last label step, run on the trained network to fix what
-        ``predict`` gives (see ``logit_offsets_``), aims at. ``"equal"``: the equipartition
-        of training. ``"estimated"``: each training row takes the majority label of its 10
-        nearest neighbours in the embedding (one vote, on at most 50,000 evenly spaced rows),
-        and the shares after the vote, at least half the equal share each, become the step's
-        cluster marginals; rows that the equipartition pushed out of a large category return
-        to it (MNIST-test, whose classes hold 892 to 1135 rows: ACC 0.966 to 0.970). Training
-        always uses the equipartition. Offline mode only.
+        Cluster sizes that the label steps aim at. ``"equal"``: SeLa's equipartition in every
+        step, and in the last one, run on the trained network to fix what ``predict`` gives
+        (see ``logit_offsets_``). ``"estimated"``: the equipartition while the embedding
+        learns the categories, up to half the epoch of the last scheduled step; from then on,
+        and in the last step, each head aims at the sizes that its current labels and the
+        embedding support: each training row takes the majority label of its 10 nearest
+        neighbours in the embedding (one vote, on at most 50,000 evenly spaced rows), and the
+        shares after the vote, at least half the equal share each, become the step's cluster
+        marginals. Each step votes from the labels of the one before, so a cluster can grow
+        or shrink over several steps towards its category's size. Offline mode only; a
+        ``partial_fit`` chunk is labelled with equal sizes, its last step with estimated ones.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular rows: Gaussian noise of this many standard
         deviations per feature, and each feature masked to its mean with probability
