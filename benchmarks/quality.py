@@ -218,9 +218,7 @@ def tables(results: list[dict], datasets: list[str], data_dir: Path) -> tuple[st
     ablation = []
     for method, (label, _) in ABLATION.items():
         # The full configuration is the main table's image fit on USPS.
-        table, name = (
-            ("main", "selflabel_image") if method == "full" else ("ablation", method)
-        )
+        table, name = ("main", "selflabel_image") if method == "full" else ("ablation", method)
         rows = [r for r in results if (r["table"], r["data"], r["method"]) == (table, "usps", name)]
         if rows:
             s = summarise(rows)

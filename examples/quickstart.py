@@ -7,8 +7,8 @@ Clusters scikit-learn's digits (1797 images of 8x8 pixels, 10 classes) with the 
 and with ``KMeans(n_init=10)``, over three seeds each, and prints the
 Hungarian-matched accuracy (ACC), NMI, ARI and fit seconds. The classes are used only to score.
 For the self-labelling fits it also prints the smallest of their clusters, relative to an
-equal share ``N / K``: training keeps the clusters equal, and the last label step moves them
-only as far as the estimated cluster sizes say (``cluster_sizes="estimated"``).
+equal share ``N / K``: training starts with equal clusters and, from half its label schedule
+on, lets them follow the sizes estimated from the embedding (``cluster_sizes="estimated"``).
 """
 
 import time

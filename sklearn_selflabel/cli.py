@@ -38,6 +38,7 @@ _ESTIMATOR_OPTIONS = (
     "lr",
     "device",
     "n_init",
+    "cluster_sizes",
 )
 
 
@@ -131,6 +132,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="fits from different seeds; the best-scored one is kept (default: 2 for small "
         "image sets, else 1)",
+    )
+    fit.add_argument(
+        "--cluster-sizes",
+        choices=("equal", "estimated"),
+        help="cluster sizes that labelling aims at: equal throughout, or, once the embedding "
+        "holds the categories, the sizes it supports (default: estimated)",
     )
     fit.add_argument(
         "--n-heads",

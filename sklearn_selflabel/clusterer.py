@@ -69,6 +69,7 @@ _MIN_IMAGE_STEPS = 960
 _MAX_RESTART_STEPS = 1000
 # With cluster_sizes="estimated", label steps aim at estimated sizes from this fraction of
 # the last label step's epoch on: before, the embedding does not yet hold the categories.
+# (USPS seeds 0 and 1: ACC 0.905 and 0.885 from 0.5, 0.867 and 0.928 from 0.3.)
 _ESTIMATED_SIZES_FROM = 0.5
 
 

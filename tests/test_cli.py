@@ -294,10 +294,12 @@ def test_image_shape_fits_an_image_model(tmp_path):
     out, model = tmp_path / "labels.csv", tmp_path / "model.joblib"
     argv = ["fit", str(data), "--n-clusters", "2", "--image-shape", "4", "4", "-q"]
     tiny = ["--embedding-dim", "8", "--n-heads", "2", "--batch-size", "16", "--max-epochs", "2"]
-    assert main([*argv, *tiny, "--n-init", "3", "-o", str(out), "--save", str(model)]) == 0
+    options = ["--n-init", "3", "--cluster-sizes", "equal"]
+    assert main([*argv, *tiny, *options, "-o", str(out), "--save", str(model)]) == 0
     fitted = joblib.load(model)
     assert fitted.image_shape == (4, 4)
     assert fitted.n_init == 3 and fitted.init_scores_.shape == (3,)
+    assert fitted.cluster_sizes == "equal"
     assert read_labels(out).shape == (40,)
     np.testing.assert_array_equal(read_labels(out), fitted.predict(X))
 
