@@ -140,7 +140,10 @@ def neighbour_vote_shares(
     An equipartition forces rows of large categories into neighbouring clusters; the
     neighbours of such a row mostly belong to its own category, so one majority vote over the
     nearest-neighbour links of the embedding moves it back, and the vote's cluster shares
-    estimate the sizes that the embedding supports.
+    estimate the sizes that the embedding supports. Each neighbour's vote counts in inverse
+    proportion to its cluster's size (a likelihood ratio rather than a count): a plain
+    majority favours the larger cluster wherever two meet, so votes repeated on their own
+    outcome would let one cluster swallow a neighbouring category step by step.
 
     Parameters
     ----------
@@ -151,7 +154,7 @@ def neighbour_vote_shares(
         neighbours (found once).
     n_clusters : int
     n_neighbors : int
-        Voters per row; the row's own label breaks ties.
+        Voters per row; the row's own label counts as half a voter.
     max_rows : int
         Above this many rows, the vote runs on evenly spaced rows only (the shares are
         ``n_clusters`` numbers; the neighbour search grows with the square of the rows).
@@ -175,7 +178,8 @@ def neighbour_vote_shares(
             1, head_labels[neighbors], torch.ones(neighbors.shape, device=counts.device)
         )
         counts[own, head_labels] += 0.5
-        votes = counts.argmax(dim=1)
+        sizes = torch.bincount(head_labels, minlength=n_clusters).clamp(min=1)
+        votes = (counts / sizes).argmax(dim=1)
         shares[head] = torch.bincount(votes, minlength=n_clusters).double().cpu().numpy()
     shares = np.maximum(shares / shares.sum(axis=1, keepdims=True), min_share)
     shares /= shares.sum(axis=1, keepdims=True)

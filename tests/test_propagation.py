@@ -141,9 +141,21 @@ def test_neighbour_vote_per_head_matches_one_vote_per_head_and_floors_small_shar
     assert together.shape == (3, 5)
     for head, shares in zip(heads, together, strict=True):
         np.testing.assert_array_equal(shares, neighbour_vote_shares(features, head, n_clusters=5))
-    # One blob of four rows labelled 0, 1, 0, 0: the vote empties cluster 1, the floor refills it.
-    blob = torch.tensor([[1.0, 0.0], [0.99, 0.01], [0.98, 0.02], [0.97, 0.03]])
-    labels = torch.tensor([0, 1, 0, 0])
-    assert neighbour_vote_shares(blob, labels, n_clusters=2)[1] == 0.0
-    floored = neighbour_vote_shares(blob, labels, n_clusters=2, min_share=0.25)
-    np.testing.assert_allclose(floored, [1 / 1.25, 0.25 / 1.25])
+    # Two rows, each the other's only neighbour, in clusters 0 and 2 of four: the empty
+    # clusters 1 and 3 are raised to the floor, and the shares normalised again.
+    pair = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
+    floored = neighbour_vote_shares(
+        pair, torch.tensor([0, 2]), n_clusters=4, n_neighbors=1, min_share=0.125
+    )
+    np.testing.assert_allclose(floored, np.array([0.5, 0.125, 0.5, 0.125]) / 1.25)
+
+
+def test_neighbour_vote_does_not_let_a_large_cluster_swallow_a_small_one():
+    # One blob whose rows carry label 0 (75%) or 1 (25%) at random: every row's neighbours
+    # are mostly 0, so a plain majority would relabel nearly all of them 0. Weighted by
+    # inverse cluster size, neighbourhoods that carry no information favour neither label.
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(size=(2000, 8))).float()
+    labels = torch.from_numpy((rng.random(2000) < 0.25).astype(np.int64))
+    shares = neighbour_vote_shares(features, labels, n_clusters=2)
+    np.testing.assert_allclose(shares, [0.5, 0.5], atol=0.05)
