@@ -479,7 +479,7 @@ class SelfLabelingClusterer(
         seeds = self._init_seeds(n_samples, n_epochs)
         dataset = IndexedRows(X)
         # Like KMeans' n_init: train from several seeds, keep the fit with the best score
-        # (only that fit's network stays in memory).
+        # (only that fit's network stays in memory besides the one in training).
         best, scores = None, []
         for seed in seeds:
             net, embedding_dim, interrupted = self._train(
@@ -487,12 +487,17 @@ class SelfLabelingClusterer(
             )
             score = self._set_fitted_state(net, X, embedding_dim, device)
             if best is None or score > max(scores):
-                best = (net, embedding_dim)
+                # The fitted attributes (as check_is_fitted finds them), so that keeping
+                # this fit at the end needs no second pass over the data.
+                best = {
+                    name: value
+                    for name, value in vars(self).items()
+                    if name.endswith("_") and not name.startswith("__")
+                }
             scores.append(score)
             if interrupted:  # on_interrupt="keep": no further initialisations
                 break
-        if self.net_ is not best[0]:
-            self._set_fitted_state(best[0], X, best[1], device)
+        vars(self).update(best)
         self.init_scores_ = np.asarray(scores)
         return self
 
