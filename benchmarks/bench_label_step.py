@@ -56,7 +56,7 @@ def main() -> None:
             fit_seconds = time.perf_counter() - start
             steps = [row for row in model.net_.history if row["label_step"]]
             step_seconds = sum(row["label_step_seconds"] for row in steps)
-            iters = [row["sinkhorn_n_iter"] for row in steps]
+            iters = [row["sinkhorn_n_iter"] for row in steps if not row["repartition"]]
             lines.append(
                 f"| {name} | {setting} | {fit_seconds:.1f} | {len(steps)} | {step_seconds:.2f} "
                 f"| {step_seconds / fit_seconds:.1%} | {iters[0]} | {np.mean(iters[1:]):.1f} | "

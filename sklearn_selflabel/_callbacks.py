@@ -8,6 +8,7 @@ from collections.abc import Collection
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from skorch.callbacks import Callback
 from tqdm import tqdm
 
@@ -16,6 +17,7 @@ from .propagation import (
     InvariancePropagation,
     hardest_positives,
     nearest_neighbors,
+    neighbour_link_partition,
     neighbour_vote_shares,
 )
 from .sinkhorn import SinkhornResult, sinkhorn_equipartition
@@ -50,6 +52,16 @@ def estimated_cluster_weights(
     return neighbour_vote_shares(embedding, labels, n_clusters, min_share=0.5 / n_clusters)
 
 
+def renamed_to_match(labels: np.ndarray, reference: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``labels`` with its clusters renamed to agree with ``reference`` on the most rows."""
+    overlap = np.zeros((n_clusters, n_clusters))
+    np.add.at(overlap, (labels, reference), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    names = np.empty(n_clusters, dtype=np.int64)
+    names[rows] = cols
+    return names[labels]
+
+
 class LabelStep(Callback):
     """Recompute every head's hard labels by the equipartition Sinkhorn step on a schedule.
 
@@ -58,10 +70,16 @@ class LabelStep(Callback):
     started from the previous step's scalings, and ``argmax Q`` becomes the new label table.
     From epoch ``estimate_sizes_from`` on, each head's step aims at the cluster sizes that its
     current labels and the embedding support (``estimated_cluster_weights``) rather than at
-    equal ones. Every epoch records in the history: ``label_step`` (bool), ``labels_changed``
-    (fraction of (head, row) labels that changed, 0 without a step), ``min_cluster_size`` and
-    ``max_cluster_size`` (over all heads), and at a step ``sinkhorn_n_iter``,
-    ``sinkhorn_error`` and ``label_step_seconds`` (the whole step: forward pass and solver).
+    equal ones; the first of those steps does not solve Sinkhorn but re-partitions: every
+    head takes the partition of the embedding's nearest-neighbour links
+    (``neighbour_link_partition``), its clusters renamed to agree with that head's labels.
+    That undoes what the equipartition forces on unequal categories (a large one split, two
+    small ones merged), which the later steps, each from the labels of the step before,
+    could not undo. Every epoch records in the history: ``label_step`` and ``repartition``
+    (bools), ``labels_changed`` (fraction of (head, row) labels that changed, 0 without a
+    step), ``min_cluster_size`` and ``max_cluster_size`` (over all heads), at a step
+    ``label_step_seconds`` (the whole step: forward pass and solver), and at a Sinkhorn step
+    ``sinkhorn_n_iter`` and ``sinkhorn_error``.
     """
 
     def __init__(
@@ -94,6 +112,21 @@ class LabelStep(Callback):
         net.label_table_ = torch.from_numpy(labels).to(net.device)
         self.solver_state_ = None
 
+    def repartition_epoch(self) -> int | None:
+        """The first label step that aims at estimated sizes: the one that re-partitions."""
+        if self.estimate_sizes_from is None:
+            return None
+        later = [epoch for epoch in self.epochs if epoch >= self.estimate_sizes_from]
+        return min(later, default=None)
+
+    def repartition(self, net, X) -> torch.Tensor:
+        """Every head's labels from the neighbour links of the embedding of the rows ``X``."""
+        embedding = net.evaluate_rows(X, self.batch_size, output="embedding")
+        partition = neighbour_link_partition(embedding, self.n_clusters, random_state=self.seed)
+        table = net.label_table_.cpu().numpy()
+        renamed = [renamed_to_match(partition, head, self.n_clusters) for head in table]
+        return torch.from_numpy(np.stack(renamed)).to(net.label_table_.device)
+
     def solve(self, net, X) -> SinkhornResult:
         """Sinkhorn on the clean logits of the rows ``X``, warm-started from the previous step."""
         epoch = len(net.history) - 1
@@ -117,18 +150,24 @@ class LabelStep(Callback):
     def on_epoch_end(self, net, dataset_train=None, **kwargs) -> None:
         epoch = len(net.history) - 1
         changed = 0.0
+        repartition = epoch == self.repartition_epoch()
         if epoch in self.epochs:
             start = time.perf_counter()
-            result = self.solve(net, dataset_train.X)
-            changed = (result.labels != net.label_table_).float().mean().item()
-            net.label_table_ = result.labels
+            if repartition:
+                labels = self.repartition(net, dataset_train.X)
+            else:
+                result = self.solve(net, dataset_train.X)
+                labels = result.labels
+                net.history.record("sinkhorn_n_iter", result.n_iter)
+                net.history.record("sinkhorn_error", result.marginal_error)
+            changed = (labels != net.label_table_).float().mean().item()
+            net.label_table_ = labels
             net.history.record("label_step_seconds", time.perf_counter() - start)
-            net.history.record("sinkhorn_n_iter", result.n_iter)
-            net.history.record("sinkhorn_error", result.marginal_error)
         sizes = torch.stack(
             [torch.bincount(head, minlength=self.n_clusters) for head in net.label_table_]
         )
         net.history.record("label_step", epoch in self.epochs)
+        net.history.record("repartition", repartition)
         net.history.record("labels_changed", changed)
         net.history.record("min_cluster_size", int(sizes.min()))
         net.history.record("max_cluster_size", int(sizes.max()))

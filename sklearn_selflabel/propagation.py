@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
 
 
 @torch.no_grad()
@@ -279,3 +280,94 @@ class InvariancePropagation:
         negative_logits = features @ self.bank[negatives].T / self.temperature
         all_logits = torch.cat([positive_logits, negative_logits], dim=1)
         return (all_logits.logsumexp(dim=1) - positive_logits.logsumexp(dim=1)).mean()
+
+
+def neighbour_link_partition(
+    features: torch.Tensor,
+    n_clusters: int,
+    *,
+    n_subclusters: int | None = None,
+    n_neighbors: int = 10,
+    max_rows: int = 50_000,
+    random_state: int | None = None,
+) -> np.ndarray:
+    """Partition the rows by the nearest-neighbour links of the embedding, sizes left free.
+
+    KMeans cuts the L2-normalised embedding into ``n_subclusters`` small parts, each inside
+    one dense region; then, as in average-linkage agglomeration on the nearest-neighbour
+    graph, the two parts joined by the densest links (links between them divided by the
+    product of their sizes) merge, until ``n_clusters`` remain. Where an equipartition must
+    split a large category and merge two small ones to give every cluster the same size,
+    this keeps a category whole as long as its rows link to each other, and two categories
+    apart as long as few links join them.
+
+    Parameters
+    ----------
+    features : torch.Tensor of shape (n_samples, n_dims)
+        Embedding (cosine similarity).
+    n_clusters : int
+    n_subclusters : int, default=None
+        Parts before merging; when None, ``3 * n_clusters`` but at least 20, so that parts
+        stay small enough to lie inside one dense region when there are few clusters (at
+        most the number of rows).
+    n_neighbors : int
+        Links per row.
+    max_rows : int
+        Above this many rows, KMeans and the links use evenly spaced rows only, and every
+        row then takes the part of its nearest KMeans centre.
+    random_state : int, default=None
+        Seed of KMeans.
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,), int64
+        Cluster of each row, in ``0 .. n_clusters - 1``.
+    """
+    rows = F.normalize(features.float(), dim=1)
+    step = -(-rows.shape[0] // max_rows)
+    sample = rows[::step]
+    n_parts = min(n_subclusters or max(3 * n_clusters, 20), sample.shape[0])
+    kmeans = KMeans(n_parts, n_init=3, random_state=random_state).fit(sample.cpu().numpy())
+    parts = kmeans.labels_
+    neighbors = nearest_neighbors(sample, n_neighbors).cpu().numpy()
+    links = np.zeros((n_parts, n_parts))
+    np.add.at(links, (np.repeat(parts, neighbors.shape[1]), parts[neighbors].ravel()), 1)
+    merged_into = _merge_densest_links(
+        links + links.T, np.bincount(parts, minlength=n_parts), n_clusters
+    )
+    if step > 1:
+        parts = kmeans.predict(rows.cpu().numpy())
+    return np.unique(merged_into, return_inverse=True)[1][parts].astype(np.int64)
+
+
+def _merge_densest_links(links: np.ndarray, sizes: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Average linkage on a graph: merge the pair of groups with the densest links.
+
+    ``links`` is the symmetric count of links between parts, ``sizes`` their rows. Returns,
+    for each part, the part whose group it ends in (``n_clusters`` distinct values).
+    """
+    n_parts = len(sizes)
+    links, sizes = links.astype(np.float64), sizes.astype(np.float64)
+    alive = np.ones(n_parts, dtype=bool)
+    merged_into = np.arange(n_parts)
+    density = links / np.outer(sizes, sizes)
+    np.fill_diagonal(density, -np.inf)
+    every = np.arange(n_parts)
+    partner = density.argmax(axis=1)  # each group's densest link, kept up to date
+    for _ in range(n_parts - n_clusters):
+        a = int(np.argmax(density[every, partner]))
+        b = int(partner[a])
+        links[a] += links[b]
+        links[:, a] = links[a]
+        sizes[a] += sizes[b]
+        alive[b] = False
+        merged_into[merged_into == b] = a
+        density[a] = np.where(alive, links[a] / (sizes[a] * sizes), -np.inf)
+        density[a, a] = -np.inf
+        density[:, a] = density[a]
+        density[b] = density[:, b] = -np.inf
+        # The merged group's density to any other is a size-weighted mean of the two it
+        # replaces, so only groups whose densest link was a or b (a's was b) need a new one.
+        stale = (partner == a) | (partner == b)
+        partner[stale] = density[stale].argmax(axis=1)
+    return merged_into

@@ -2,6 +2,7 @@
 
 import pickle
 import random
+from itertools import permutations
 
 import joblib
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy, sinkhorn_equipartition
+from sklearn_selflabel.propagation import neighbour_link_partition
 
 
 def small(**params) -> SelfLabelingClusterer:
@@ -131,6 +133,34 @@ def test_estimated_cluster_sizes_enter_training_from_half_the_label_schedule():
     assert table_size_error(fits["estimated"]) < 0.6 * table_size_error(fits["equal"])
 
 
+def test_first_estimated_step_gives_every_head_the_neighbour_link_partition():
+    # Uneven blobs again: the equipartition phase mixes them; re-partitioning from the
+    # embedding's neighbour links separates them, renamed to agree with each head's labels.
+    X, y = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
+    X = X.astype(np.float32)
+    equal = small(n_clusters=4, max_epochs=20, cluster_sizes="equal").fit(X)
+    estimated = small(n_clusters=4, max_epochs=20).fit(X)
+    label_step = dict(estimated.net_.callbacks_)["label_step"]
+    history = estimated.net_.history
+    assert [i for i, row in enumerate(history) if row["repartition"]] == [
+        label_step.repartition_epoch()
+    ]
+    assert not any(equal.net_.history[:, "repartition"])
+    net = equal.net_
+    equal_step = dict(net.callbacks_)["label_step"]
+    table = equal_step.repartition(net, X).numpy()
+    embedding = net.evaluate_rows(X, 64, output="embedding")
+    partition = neighbour_link_partition(embedding, 4, random_state=equal_step.seed)
+    for head, before in zip(table, net.label_table_.numpy(), strict=True):
+        assert adjusted_rand_score(partition, head) == 1.0
+        agreement = [
+            np.mean(np.asarray(names)[partition] == before) for names in permutations(range(4))
+        ]
+        assert np.mean(head == before) == max(agreement)
+    assert adjusted_rand_score(y, table[0]) > adjusted_rand_score(y, equal.labels_) + 0.2
+    assert adjusted_rand_score(y, estimated.labels_) > 0.9
+
+
 def test_n_init_keeps_the_fit_with_the_best_score(blobs):
     X, _ = blobs
     # With this seed the first of three fits scores best, so the kept one is not the last.
@@ -189,7 +219,10 @@ def test_history_records_loss_label_changes_and_cluster_sizes(fitted):
     steps = [row for row in history if row["label_step"]]
     assert len(steps) >= 2
     assert all(0.0 <= row["labels_changed"] <= 1.0 for row in history)
-    assert all(row["sinkhorn_error"] <= fitted.sinkhorn_tol for row in steps)
+    # With estimated sizes (the default) one step re-partitions instead of solving Sinkhorn.
+    assert [row["label_step"] for row in history if row["repartition"]] == [True]
+    solved = [row for row in steps if not row["repartition"]]
+    assert all(row["sinkhorn_error"] <= fitted.sinkhorn_tol for row in solved)
     # Before the first label step the labels are a random equal split: sizes 50 each.
     assert history[0, "min_cluster_size"] <= history[0, "max_cluster_size"]
 

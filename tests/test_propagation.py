@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_moons
+from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
 from sklearn_selflabel.propagation import (
     InvariancePropagation,
+    _merge_densest_links,
     hardest_positives,
     nearest_neighbors,
+    neighbour_link_partition,
     neighbour_vote_shares,
     propagate,
 )
@@ -159,3 +164,58 @@ def test_neighbour_vote_does_not_let_a_large_cluster_swallow_a_small_one():
     labels = torch.from_numpy((rng.random(2000) < 0.25).astype(np.int64))
     shares = neighbour_vote_shares(features, labels, n_clusters=2)
     np.testing.assert_allclose(shares, [0.5, 0.5], atol=0.05)
+
+
+def _on_sphere(points: np.ndarray) -> torch.Tensor:
+    # Centred 2-D points lifted to height 5: normalising them (as a cosine embedding is)
+    # bends the plane onto a cap of the sphere but keeps who neighbours whom.
+    centred = points - points.mean(axis=0)
+    return torch.from_numpy(np.hstack([centred, np.full((len(points), 1), 5.0)])).float()
+
+
+def test_link_partition_follows_the_neighbour_graph_where_kmeans_cuts_across_it():
+    points, moon = make_moons(n_samples=400, noise=0.05, random_state=0)
+    features = _on_sphere(points)
+    labels = neighbour_link_partition(features, 2, random_state=0)
+    assert labels.dtype == np.int64 and labels.shape == (400,)
+    assert adjusted_rand_score(moon, labels) == 1.0
+    kmeans = KMeans(2, n_init=3, random_state=0).fit_predict(F.normalize(features).numpy())
+    assert adjusted_rand_score(moon, kmeans) < 0.5
+    # On evenly spaced rows only, every row still gets its moon (its nearest KMeans part).
+    subsampled = neighbour_link_partition(features, 2, max_rows=150, random_state=0)
+    assert adjusted_rand_score(moon, subsampled) > 0.95
+
+
+def test_link_partition_keeps_unequal_blobs_whole():
+    # Blobs of 40, 80, 120 and 400 rows: an equal split would cut the large one in pieces.
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(4), [40, 80, 120, 400])
+    features = torch.from_numpy(np.eye(4, 8)[truth] * 10 + rng.normal(size=(640, 8))).float()
+    labels = neighbour_link_partition(features, 4, random_state=0)
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert sorted(np.bincount(labels)) == [40, 80, 120, 400]
+    # As many parts as rows (each row its own part) is still a valid start.
+    few = features[::80]
+    np.testing.assert_array_equal(
+        np.sort(np.bincount(neighbour_link_partition(few, 4))), [1, 1, 1, 5]
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merging_takes_the_densest_link_at_every_step(seed):
+    # Against a plain search of all pairs of groups after every merge, on random links.
+    rng = np.random.default_rng(seed)
+    n_parts, n_clusters = 40, 3
+    links = rng.poisson(2.0, size=(n_parts, n_parts)).astype(float)
+    links = links + links.T
+    sizes = rng.integers(5, 50, size=n_parts)
+    members = np.eye(n_parts)  # groups x parts
+    while len(members) > n_clusters:
+        density = (members @ links @ members.T) / np.outer(members @ sizes, members @ sizes)
+        np.fill_diagonal(density, -np.inf)
+        a, b = np.unravel_index(density.argmax(), density.shape)
+        members[a] += members[b]
+        members = np.delete(members, b, axis=0)
+    merged_into = _merge_densest_links(links, sizes, n_clusters)
+    found = {frozenset(np.flatnonzero(merged_into == value)) for value in set(merged_into)}
+    assert found == {frozenset(np.flatnonzero(group)) for group in members}
