@@ -314,7 +314,7 @@ class ChunkLabelStep(LabelStep):
             tol=tol,
             max_iter=max_iter,
             batch_size=batch_size,
-            seed=0,  # seeds only the random initial split, which this step never makes
+            seed=0,  # seeds the initial split and the re-partition, neither of which runs here
         )
 
     def initialize(self) -> ChunkLabelStep:

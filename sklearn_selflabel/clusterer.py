@@ -144,15 +144,19 @@ class SelfLabelingClusterer(
         Cluster sizes that the label steps aim at. ``"equal"``: SeLa's equipartition in every
         step, and in the last one, run on the trained network to fix what ``predict`` gives
         (see ``logit_offsets_``). ``"estimated"``: the equipartition while the embedding
-        learns the categories, up to half the epoch of the last scheduled step; from then on,
-        and in the last step, each head aims at the sizes that its current labels and the
-        embedding support: each training row takes the majority label of its 10 nearest
-        neighbours in the embedding, each neighbour weighted by the inverse size of its
-        cluster (one vote, on at most 50,000 evenly spaced rows), and the shares after the
-        vote, at least half the equal share each, become the step's cluster marginals. Each
-        step votes from the labels of the one before, so a cluster can grow or shrink over
-        several steps towards its category's size. Offline mode only; a
-        ``partial_fit`` chunk is labelled with equal sizes, its last step with estimated ones.
+        learns the categories, up to half the epoch of the last scheduled step. The first
+        step after that re-partitions: every head takes the partition of the embedding's
+        nearest-neighbour links (KMeans parts merged by link density, see
+        ``propagation.neighbour_link_partition``), which keeps a large category whole where
+        the equipartition had to split it. From then on, and in the last step, each head
+        aims at the sizes that its current labels and the embedding support: each training
+        row takes the majority label of its 10 nearest neighbours in the embedding, each
+        neighbour weighted by the inverse size of its cluster (one vote, on at most 50,000
+        evenly spaced rows), and the shares after the vote, at least half the equal share
+        each, become the step's cluster marginals. Each step votes from the labels of the
+        one before, so a cluster can grow or shrink over several steps towards its
+        category's size. Offline mode only; a ``partial_fit`` chunk is labelled with equal
+        sizes, its last step with estimated ones.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular rows: Gaussian noise of this many standard
         deviations per feature, and each feature masked to its mean with probability
