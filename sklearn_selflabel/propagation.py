@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
+from sklearn.metrics import pairwise_distances_argmin
 
 
 @torch.no_grad()
@@ -321,22 +322,24 @@ def neighbour_link_partition(
     Returns
     -------
     labels : ndarray of shape (n_samples,), int64
-        Cluster of each row, in ``0 .. n_clusters - 1``.
+        Cluster of each row, in ``0 .. n_clusters - 1`` (fewer clusters only when the rows
+        hold fewer distinct points).
     """
     rows = F.normalize(features.float(), dim=1)
     step = -(-rows.shape[0] // max_rows)
     sample = rows[::step]
     n_parts = min(n_subclusters or max(3 * n_clusters, 20), sample.shape[0])
     kmeans = KMeans(n_parts, n_init=3, random_state=random_state).fit(sample.cpu().numpy())
-    parts = kmeans.labels_
+    # Duplicate rows can leave parts empty: only the parts that hold rows take part.
+    present, parts = np.unique(kmeans.labels_, return_inverse=True)
+    n_parts = len(present)
     neighbors = nearest_neighbors(sample, n_neighbors).cpu().numpy()
     links = np.zeros((n_parts, n_parts))
     np.add.at(links, (np.repeat(parts, neighbors.shape[1]), parts[neighbors].ravel()), 1)
-    merged_into = _merge_densest_links(
-        links + links.T, np.bincount(parts, minlength=n_parts), n_clusters
-    )
+    merged_into = _merge_densest_links(links + links.T, np.bincount(parts), n_clusters)
     if step > 1:
-        parts = kmeans.predict(rows.cpu().numpy())
+        centres = kmeans.cluster_centers_[present]
+        parts = pairwise_distances_argmin(rows.cpu().numpy(), centres)
     return np.unique(merged_into, return_inverse=True)[1][parts].astype(np.int64)
 
 

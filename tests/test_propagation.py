@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_moons
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
@@ -199,6 +200,18 @@ def test_link_partition_keeps_unequal_blobs_whole():
     np.testing.assert_array_equal(
         np.sort(np.bincount(neighbour_link_partition(few, 4))), [1, 1, 1, 5]
     )
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no 0 / 0 densities of empty parts
+def test_link_partition_of_duplicate_rows_has_no_empty_parts():
+    # Three distinct points, 30 rows: KMeans finds 3 parts of the 20 asked for.
+    features = torch.eye(3, 4).repeat(10, 1)
+    with pytest.warns(ConvergenceWarning):
+        labels = neighbour_link_partition(features, 2, random_state=0)
+    assert sorted(np.bincount(labels)) == [10, 20]
+    with pytest.warns(ConvergenceWarning):
+        collapsed = neighbour_link_partition(torch.ones(30, 4), 3, random_state=0)
+    np.testing.assert_array_equal(collapsed, 0)
 
 
 @pytest.mark.parametrize("seed", range(5))
