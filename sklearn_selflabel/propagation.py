@@ -347,7 +347,8 @@ def _merge_densest_links(links: np.ndarray, sizes: np.ndarray, n_clusters: int) 
     """Average linkage on a graph: merge the pair of groups with the densest links.
 
     ``links`` is the symmetric count of links between parts, ``sizes`` their rows. Returns,
-    for each part, the part whose group it ends in (``n_clusters`` distinct values).
+    for each part, the part whose group it ends in (``n_clusters`` distinct values, or
+    ``len(sizes)`` when that is fewer).
     """
     n_parts = len(sizes)
     links, sizes = links.astype(np.float64), sizes.astype(np.float64)
