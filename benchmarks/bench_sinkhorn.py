@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sklearn.datasets import load_digits  # noqa: E402
 
 from sklearn_selflabel import SelfLabelingClusterer, sinkhorn  # noqa: E402
+from sklearn_selflabel._callbacks import estimated_cluster_weights  # noqa: E402
 from sklearn_selflabel._data import IndexedRows  # noqa: E402
 from sklearn_selflabel.sinkhorn import (  # noqa: E402
     _fill_kernel,
@@ -242,23 +243,41 @@ def bench_warm(logits: np.ndarray, rng: np.random.Generator) -> list[str]:
     return lines
 
 
-def consecutive_epoch_logits(X: np.ndarray, max_epochs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of all heads after a fit of ``max_epochs`` epochs and after one more epoch.
+def consecutive_epoch_problems(X: np.ndarray, max_epochs: int, cluster_sizes: str) -> dict:
+    """Label-step problems of all heads after a fit of ``max_epochs`` epochs and one epoch later.
 
     The extra epoch trains against the fit's last labels with the network's own training
-    step, as every epoch between two label steps does.
+    step, as every epoch between two label steps does. ``weights_before`` and
+    ``weights_after`` are the cluster weights that the estimator's label step aims at
+    (``None``: equal sizes): with estimated sizes, each head's neighbour-vote shares on the
+    embedding of that epoch.
     """
-    model = SelfLabelingClusterer(n_clusters=10, max_epochs=max_epochs, random_state=SEED)
+    model = SelfLabelingClusterer(
+        n_clusters=10, max_epochs=max_epochs, cluster_sizes=cluster_sizes, random_state=SEED
+    )
     net = model.fit(X).net_
-    before = net.evaluate_rows(X, model.batch_size).cpu().numpy()
+
+    def problem() -> tuple[np.ndarray, np.ndarray | None]:
+        embedding, logits = net.evaluate_rows(X, net.batch_size, output="both")
+        weights = None
+        if cluster_sizes == "estimated":
+            weights = estimated_cluster_weights(embedding, net.label_table_, model.n_clusters)
+        return logits.cpu().numpy(), weights
+
+    logits_before, weights_before = problem()
     # The epoch draws shuffles from the net's generator, augmentations from torch's.
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         net.history.new_epoch()
         batches = net.get_iterator(net.get_dataset(IndexedRows(X)), training=True)
         net.run_single_epoch(batches, training=True, prefix="train", step_fn=net.train_step)
-    after = net.evaluate_rows(X, model.batch_size).cpu().numpy()
-    return before, after
+    logits_after, weights_after = problem()
+    return {
+        "before": logits_before,
+        "after": logits_after,
+        "weights_before": weights_before,
+        "weights_after": weights_after,
+    }
 
 
 def real_datasets(data_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -271,16 +290,22 @@ def real_datasets(data_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
         print(f"{mnist} not found: MNIST-test skipped", file=sys.stderr)
 
 
-def solve_epoch_pair(before: np.ndarray, after: np.ndarray, max_iter: int) -> dict:
+def solve_epoch_pair(problems: dict, head: int, max_iter: int) -> dict:
     """Solve one head's label step on the earlier logits, then on the later ones cold and warm."""
-    prev = sinkhorn_equipartition(before, lamb=LAMB, tol=TOL, max_iter=max_iter)
-    return {
-        "prev": prev,
-        "cold": sinkhorn_equipartition(after, lamb=LAMB, tol=TOL, max_iter=max_iter),
-        "warm": sinkhorn_equipartition(
-            after, lamb=LAMB, tol=TOL, max_iter=max_iter, init=prev.state
-        ),
-    }
+
+    def solve(when: str, init: np.ndarray | None = None):
+        weights = problems[f"weights_{when}"]
+        return sinkhorn_equipartition(
+            problems[when][head],
+            lamb=LAMB,
+            cluster_weights=None if weights is None else weights[head],
+            tol=TOL,
+            max_iter=max_iter,
+            init=init,
+        )
+
+    prev = solve("before")
+    return {"prev": prev, "cold": solve("after"), "warm": solve("after", prev.state)}
 
 
 def bench_warm_real(data_dir: Path) -> list[str]:
@@ -288,45 +313,27 @@ def bench_warm_real(data_dir: Path) -> list[str]:
     lines = [
         "#### Real logits of two consecutive epochs",
         "",
-        "`SelfLabelingClusterer(n_clusters=10)` fitted for the given number of epochs (default "
-        "parameters otherwise, 8 heads), then trained one more epoch against its last labels; "
-        f"each head's label step (lamb={LAMB:g}, K=10, target error {TOL:g}, at most "
-        f"{max_iter} iterations) is solved cold and warm-started from the previous epoch's "
-        "solution. Means over the 8 heads. `labels changed`: rows whose label moved between "
-        "the two epochs' solutions; `top p`: mean largest softmax probability of the logits.",
+        "`SelfLabelingClusterer(n_clusters=10, cluster_sizes=...)` fitted for the given number "
+        "of epochs (default parameters otherwise, 8 heads), then trained one more epoch against "
+        "its last labels; each head's label step on the logits of both epochs (lamb="
+        f"{LAMB:g}, K=10, target error {TOL:g}, at most {max_iter} iterations) aims at the "
+        "sizes the estimator's step would aim at: equal, or (`estimated`, the default) the "
+        "head's neighbour-vote shares on that epoch's embedding. The later one is solved cold "
+        "and warm-started from the earlier one's solution. Means over the 8 heads; `slowest "
+        "head` is what one batched call of the estimator waits for. `labels changed`: rows "
+        "whose label moved between the two epochs' solutions; `top p`: mean largest softmax "
+        "probability of the logits.",
         "",
-        "| data | epochs | top p | labels changed | error at start: cold / warm "
-        "| cold iters | warm iters | iter ratio | Anderson only: cold / warm iters "
-        "(unconverged) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| data | cluster sizes | epochs | top p | labels changed | error at start: cold / warm "
+        "| cold iters | warm iters | iter ratio | slowest head: cold / warm iters "
+        "| Anderson only: cold / warm iters (unconverged) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, X in real_datasets(data_dir):
-        for max_epochs in (10, 40, 120):
-            heads = list(zip(*consecutive_epoch_logits(X, max_epochs), strict=True))
-            hybrid = [solve_epoch_pair(*head, max_iter) for head in heads]
-            with anderson_only():
-                anderson = [solve_epoch_pair(*head, max_iter) for head in heads]
-            assert all(run[case].converged for run in hybrid for case in ("cold", "warm"))
-
-            def mean(runs: list[dict], case: str, attr: str) -> float:
-                return float(np.mean([getattr(run[case], attr) for run in runs]))
-
-            changed = np.mean([np.mean(run["prev"].labels != run["warm"].labels) for run in hybrid])
-            start = [np.mean([run[case].log[0] for run in hybrid]) for case in ("cold", "warm")]
-            top_p = float(
-                torch.softmax(torch.from_numpy(np.stack(heads)[:, 1]), -1).amax(-1).mean()
-            )
-            unconverged = sum(
-                not run[case].converged for run in anderson for case in ("cold", "warm")
-            )
-            cold_iters, warm_iters = mean(hybrid, "cold", "n_iter"), mean(hybrid, "warm", "n_iter")
-            lines.append(
-                f"| {name} | {max_epochs} | {top_p:.2f} | {changed:.1%} | "
-                f"{start[0]:.1e} / {start[1]:.1e} | {cold_iters:.1f} | {warm_iters:.1f} | "
-                f"{cold_iters / warm_iters:.1f}x | {mean(anderson, 'cold', 'n_iter'):.0f} / "
-                f"{mean(anderson, 'warm', 'n_iter'):.0f} ({unconverged} of {2 * len(heads)}) |"
-            )
-            print(lines[-1], flush=True)
+        for cluster_sizes in ("equal", "estimated"):
+            for max_epochs in (10, 40, 120):
+                lines.append(warm_real_row(name, X, cluster_sizes, max_epochs, max_iter))
+                print(lines[-1], flush=True)
     lines += [
         "",
         "Reading: on the synthetic perturbation the first iteration evaluates the warm start and "
@@ -334,13 +341,41 @@ def bench_warm_real(data_dir: Path) -> list[str]:
         "iterations: building the kernel and the labels (an exp pass each) dominate, and a Newton "
         "iteration that forms the Hessian costs about three sweeps at K=100. On real logits the "
         "previous epoch's potentials are hardly closer to the new solution than zero (errors at "
-        "the start): the solution of these confident, nearly balanced problems is pinned by the "
-        "rows on cluster boundaries, which an epoch of training moves, so a warm start saves "
-        "little there; what removes the slow late label steps is the Newton phase (compare "
-        "`Anderson only`)."
+        "the start): the epoch trains the network on the labels that those potentials produced, "
+        "so its logits absorb much of them, and the solution of these confident, nearly "
+        "balanced problems is pinned by the rows on cluster boundaries, which the epoch moves. "
+        "A warm start saves little there; what removes the slow late label steps is the Newton "
+        "phase (compare `Anderson only`).",
         "",
     ]
     return lines
+
+
+def warm_real_row(
+    name: str, X: np.ndarray, cluster_sizes: str, max_epochs: int, max_iter: int
+) -> str:
+    problems = consecutive_epoch_problems(X, max_epochs, cluster_sizes)
+    heads = range(len(problems["after"]))
+    hybrid = [solve_epoch_pair(problems, head, max_iter) for head in heads]
+    with anderson_only():
+        anderson = [solve_epoch_pair(problems, head, max_iter) for head in heads]
+    assert all(run[case].converged for run in hybrid for case in ("cold", "warm"))
+
+    def iters(runs: list[dict], case: str) -> np.ndarray:
+        return np.array([run[case].n_iter for run in runs])
+
+    changed = np.mean([np.mean(run["prev"].labels != run["warm"].labels) for run in hybrid])
+    start = [np.mean([run[case].log[0] for run in hybrid]) for case in ("cold", "warm")]
+    top_p = float(torch.softmax(torch.from_numpy(problems["after"]), -1).amax(-1).mean())
+    unconverged = sum(not run[case].converged for run in anderson for case in ("cold", "warm"))
+    cold, warm = iters(hybrid, "cold"), iters(hybrid, "warm")
+    return (
+        f"| {name} | {cluster_sizes} | {max_epochs} | {top_p:.2f} | {changed:.1%} | "
+        f"{start[0]:.1e} / {start[1]:.1e} | {cold.mean():.1f} | {warm.mean():.1f} | "
+        f"{cold.mean() / warm.mean():.1f}x | {cold.max()} / {warm.max()} | "
+        f"{iters(anderson, 'cold').mean():.0f} / {iters(anderson, 'warm').mean():.0f} "
+        f"({unconverged} of {2 * len(heads)}) |"
+    )
 
 
 def bench_bandwidth(logits: np.ndarray) -> list[str]:

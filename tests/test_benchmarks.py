@@ -1,0 +1,66 @@
+"""The benchmark scripts run against the current estimator (on tiny problems)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_sinkhorn():
+    return load_script("bench_sinkhorn")
+
+
+@pytest.mark.parametrize("cluster_sizes", ["equal", "estimated"])
+def test_warm_start_on_real_logits_solves_the_estimators_problems(bench_sinkhorn, cluster_sizes):
+    X = load_digits().data[:300]
+    problems = bench_sinkhorn.consecutive_epoch_problems(X, 3, cluster_sizes)
+    assert problems["before"].shape == problems["after"].shape == (8, 300, 10)
+    assert not np.array_equal(problems["before"], problems["after"])
+    for when in ("before", "after"):
+        weights = problems[f"weights_{when}"]
+        if cluster_sizes == "equal":
+            assert weights is None
+        else:
+            assert weights.shape == (8, 10)
+            np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+
+    runs = bench_sinkhorn.solve_epoch_pair(problems, head=0, max_iter=1000)
+    assert all(run.converged for run in runs.values())
+    # Cold and warm solve the same problem to the same tolerance.
+    assert np.mean(runs["warm"].labels == runs["cold"].labels) > 0.99
+
+
+def test_warm_start_row_reports_every_column(bench_sinkhorn):
+    row = bench_sinkhorn.warm_real_row("digits", load_digits().data[:300], "estimated", 3, 1000)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:3] == ["digits", "estimated", "3"]
+    assert len(cells) == 11 and all(cells)
+
+
+def test_quality_job_runs_and_scores(tmp_path):
+    quality = load_script("quality")
+    job = dict(
+        table="main",
+        data="digits",
+        method="selflabel",
+        seed=0,
+        image=False,
+        params={"max_epochs": 2},
+    )
+    row = quality.run_one(job, str(tmp_path))
+    assert 0.0 <= row["acc"] <= 1.0 and row["fit_s"] > 0
+    assert row["min_share"] > 0
