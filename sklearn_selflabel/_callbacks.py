@@ -78,8 +78,9 @@ class LabelStep(Callback):
     could not undo. Every epoch records in the history: ``label_step`` and ``repartition``
     (bools), ``labels_changed`` (fraction of (head, row) labels that changed, 0 without a
     step), ``min_cluster_size`` and ``max_cluster_size`` (over all heads), at a step
-    ``label_step_seconds`` (the whole step: forward pass and solver), and at a Sinkhorn step
-    ``sinkhorn_n_iter`` and ``sinkhorn_error``.
+    ``label_step_seconds`` (the whole step: forward pass, neighbour vote and solver), and at a
+    Sinkhorn step ``sinkhorn_n_iter``, ``sinkhorn_error`` and ``sinkhorn_seconds`` (the solver
+    alone).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class LabelStep(Callback):
             weights = estimated_cluster_weights(embedding, net.label_table_, self.n_clusters)
         else:
             logits = net.evaluate_rows(X, self.batch_size)
+        start = time.perf_counter()
         result = sinkhorn_equipartition(
             logits,
             lamb=self.lamb,
@@ -144,6 +146,7 @@ class LabelStep(Callback):
             cluster_weights=weights,
             init=self.solver_state_,
         )
+        self.solver_seconds_ = time.perf_counter() - start
         self.solver_state_ = result.state
         return result
 
@@ -159,6 +162,7 @@ class LabelStep(Callback):
                 result = self.solve(net, dataset_train.X)
                 labels = result.labels
                 net.history.record("sinkhorn_n_iter", result.n_iter)
+                net.history.record("sinkhorn_seconds", self.solver_seconds_)
                 net.history.record("sinkhorn_error", result.marginal_error)
             changed = (labels != net.label_table_).float().mean().item()
             net.label_table_ = labels

@@ -64,3 +64,13 @@ def test_quality_job_runs_and_scores(tmp_path):
     row = quality.run_one(job, str(tmp_path))
     assert 0.0 <= row["acc"] <= 1.0 and row["fit_s"] > 0
     assert row["min_share"] > 0
+
+
+def test_label_step_row_splits_the_solver_from_the_step():
+    bench = load_script("bench_label_step")
+    X, y = load_digits(return_X_y=True)
+    row = bench.label_step_row("digits", X[:300], y[:300], "defaults", {"max_epochs": 12}, 0)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert len(cells) == 11 and cells[:2] == ["digits", "defaults"]
+    step_seconds, solver_seconds = float(cells[4]), float(cells[6])
+    assert 0 < solver_seconds < step_seconds

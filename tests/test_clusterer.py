@@ -223,6 +223,8 @@ def test_history_records_loss_label_changes_and_cluster_sizes(fitted):
     assert [row["label_step"] for row in history if row["repartition"]] == [True]
     solved = [row for row in steps if not row["repartition"]]
     assert all(row["sinkhorn_error"] <= fitted.sinkhorn_tol for row in solved)
+    # The solver's seconds are a part of the whole step's.
+    assert all(0 < row["sinkhorn_seconds"] < row["label_step_seconds"] for row in solved)
     # Before the first label step the labels are a random equal split: sizes 50 each.
     assert history[0, "min_cluster_size"] <= history[0, "max_cluster_size"]
 
