@@ -19,6 +19,10 @@ def load_script(name: str):
     return module
 
 
+def table_cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
 @pytest.fixture(scope="module")
 def bench_sinkhorn():
     return load_script("bench_sinkhorn")
@@ -46,7 +50,7 @@ def test_warm_start_on_real_logits_solves_the_estimators_problems(bench_sinkhorn
 
 def test_warm_start_row_reports_every_column(bench_sinkhorn):
     row = bench_sinkhorn.warm_real_row("digits", load_digits().data[:300], "estimated", 3, 1000)
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    cells = table_cells(row)
     assert cells[:3] == ["digits", "estimated", "3"]
     assert len(cells) == 11 and all(cells)
 
@@ -70,7 +74,7 @@ def test_label_step_row_splits_the_solver_from_the_step():
     bench = load_script("bench_label_step")
     X, y = load_digits(return_X_y=True)
     row = bench.label_step_row("digits", X[:300], y[:300], "defaults", {"max_epochs": 12}, 0)
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    cells = table_cells(row)
     assert len(cells) == 11 and cells[:2] == ["digits", "defaults"]
     step_seconds, solver_seconds = float(cells[4]), float(cells[6])
     assert 0 < solver_seconds < step_seconds
