@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sklearn.datasets import load_digits  # noqa: E402
 
 from sklearn_selflabel import SelfLabelingClusterer, sinkhorn  # noqa: E402
-from sklearn_selflabel._callbacks import estimated_cluster_weights  # noqa: E402
+from sklearn_selflabel._offline import estimated_cluster_weights  # noqa: E402
 from sklearn_selflabel._data import IndexedRows  # noqa: E402
 from sklearn_selflabel.sinkhorn import (  # noqa: E402
     _fill_kernel,

@@ -8,6 +8,7 @@ loader, split by whole batches among processes, gives each process its own batch
 
 from __future__ import annotations
 
+import torch
 from skorch import NeuralNet
 from skorch.hf import AccelerateMixin
 
@@ -29,6 +30,11 @@ class _BatchShardingMixin(AccelerateMixin):
             # loader whose sampler yields whole batches (``batch_size=None``).
             return NeuralNet.get_iterator(self, dataset, training=training)
         return super().get_iterator(dataset, training=training)
+
+    def inference_module(self) -> torch.nn.Module:
+        # During training, module_ is the prepared module (DistributedDataParallel across
+        # processes), which hides the SelfLabelModule's own methods and attributes.
+        return self.accelerator.unwrap_model(self.module_, keep_fp32_wrapper=False)
 
 
 class AcceleratedSelfLabelNet(_BatchShardingMixin, SelfLabelNet):

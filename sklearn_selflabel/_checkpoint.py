@@ -6,18 +6,16 @@ memory bank, the label step's solver state, and the random states of the batch o
 torch (which draws the augmentations). ``EpochEndState`` serialises it after every completed
 epoch, into memory for ``on_interrupt="keep"`` and atomically into ``checkpoint_dir`` for
 ``warm_start=True``; ``restore_training_state`` loads it into a freshly initialised net.
+This module also owns what a resumed fit must match (``fingerprint``) and the checks that
+``resume`` makes before it loads a checkpoint into a new net.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -25,13 +23,16 @@ from skorch.callbacks import Callback
 from skorch.history import History
 
 from ._data import dense_rows
+from ._files import write_atomically
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Bumped whenever the layout of the state changes, so that an old checkpoint is refused
 # with a clear message rather than half-loaded.
 _FORMAT = 1
-# Attributes of the net that hold training state beyond the module and the optimizer.
-_NET_ATTRIBUTES = ("label_table_", "propagation_")
+# Attributes of the net that hold training state beyond the module and the optimizer: those
+# that a fitted model keeps, and training buffers that it drops.
+_NET_ATTRIBUTES = ("label_table_",)
+_TRAINING_BUFFERS = ("propagation_",)
 # Rows hashed into a checkpoint's fingerprint of the training data.
 _FINGERPRINT_ROWS = 64
 
@@ -48,6 +49,51 @@ def data_fingerprint(X) -> dict:
     return {"n_samples": int(n_samples), "n_features": int(n_features), "data_hash": digest}
 
 
+def fingerprint(X, problem: dict) -> dict:
+    """What a checkpoint must match to be resumed by a fit of ``X``: the data and ``problem``
+    (the settings that shape the training state)."""
+    return {**data_fingerprint(X), **problem}
+
+
+def resume(net, state: dict, expected: dict, n_epochs: int, directory) -> None:
+    """Load a checkpoint's ``state`` into the freshly built ``net``, after checking that it is
+    the checkpoint of this fit (``expected``, its ``fingerprint``) and fits in ``n_epochs``.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint is of another fit or network, or holds more epochs than
+        ``n_epochs``.
+    """
+    saved = state["fingerprint"]
+    differences = [
+        f"{key} {saved.get(key)!r} in the checkpoint, {value!r} now"
+        for key, value in expected.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"checkpoint_dir={str(directory)!r} holds the checkpoint of another "
+            f"fit ({'; '.join(differences)}). Start afresh with warm_start=False, or use "
+            "another checkpoint_dir."
+        )
+    n_done = len(state["history"])
+    if n_done > n_epochs:
+        raise ValueError(
+            f"The checkpoint in checkpoint_dir holds {n_done} epochs, more than "
+            f"max_epochs={n_epochs}."
+        )
+    net.initialize()
+    try:
+        restore_training_state(net, state)
+    except RuntimeError as exc:  # load_state_dict: weights of a different network
+        raise ValueError(
+            "The checkpoint in checkpoint_dir holds a different network (module, "
+            f"hidden_layer_sizes, embedding_dim or image_shape changed): {exc}"
+        ) from None
+    restore_torch_rng(state, torch.device(net.device))
+
+
 def training_state(net) -> dict:
     """The state of ``net`` that the next epoch depends on (references, not copies)."""
     label_step = dict(net.callbacks_)["label_step"]
@@ -57,7 +103,7 @@ def training_state(net) -> dict:
         "module": net.module_.state_dict(),
         "optimizer": net.optimizer_.state_dict(),
         "history": list(net.history),
-        "net": {name: getattr(net, name, None) for name in _NET_ATTRIBUTES},
+        "net": {name: getattr(net, name, None) for name in _NET_ATTRIBUTES + _TRAINING_BUFFERS},
         # Fitted attributes of the label step (sklearn's trailing-underscore convention).
         "label_step": {
             name: value
@@ -73,17 +119,18 @@ def training_state(net) -> dict:
     return state
 
 
-def restore_training_state(net, state: dict) -> None:
+def restore_training_state(net, state: dict, *, buffers: bool = True) -> None:
     """Load ``state`` (from ``training_state``) into an initialised ``net``.
 
-    The torch random state is restored separately, by ``restore_torch_rng``, inside the fit's
-    own random-state context.
+    ``buffers=False`` leaves out the training buffers (the propagation memory bank): the
+    state then makes a fitted model rather than one that trains on. The torch random state is
+    restored separately, by ``restore_torch_rng``, inside the fit's own random-state context.
     """
     net.module_.load_state_dict(state["module"])
     net.optimizer_.load_state_dict(state["optimizer"])
     net.history_ = History(state["history"])
-    for name, value in state["net"].items():
-        setattr(net, name, value)
+    for name in _NET_ATTRIBUTES + (_TRAINING_BUFFERS if buffers else ()):
+        setattr(net, name, state["net"][name])
     vars(dict(net.callbacks_)["label_step"]).update(state["label_step"])
     net.iterator_train__rng.bit_generator.state = state["batch_order_rng"]
 
@@ -122,30 +169,6 @@ def read_checkpoint(directory: str | os.PathLike) -> bytes | None:
         return (Path(directory) / CHECKPOINT_NAME).read_bytes()
     except FileNotFoundError:
         return None
-
-
-def write_atomically(
-    path: Path, write: Callable[[BinaryIO], object], *, mode: int | None = None
-) -> None:
-    """Write ``path`` through a temporary file beside it, ``fsync`` and a rename.
-
-    A failure or a crash at any point leaves ``path`` as it was (absent or the previous
-    version); a failure removes the temporary file. The file gets ``mode`` when given, else
-    it stays private (0600) as ``mkstemp`` creates it.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())  # the rename must not land before the data do
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class EpochEndState(Callback):

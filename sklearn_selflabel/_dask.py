@@ -13,6 +13,8 @@ import uuid
 
 import numpy as np
 
+from ._data import check_row_layout
+
 
 def is_dask_array(X) -> bool:
     """Whether ``X`` is a ``dask.array.Array`` (without importing dask when it is not loaded)."""
@@ -42,15 +44,7 @@ def map_row_blocks(estimator, method: str, X, *, dtype, n_columns: int | None):
     """
     import dask
 
-    if X.ndim != 2:
-        raise ValueError(f"Expected a 2-D dask array, got {X.ndim} dimension(s).")
-    if X.shape[1] != estimator.n_features_in_:
-        raise ValueError(
-            f"X has {X.shape[1]} features, but {type(estimator).__name__} is expecting "
-            f"{estimator.n_features_in_} features as input."
-        )
-    if X.dtype.kind not in "biuf":
-        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
+    check_row_layout(X, ensure_min_samples=None, n_features=estimator.n_features_in_)
     rows = X.rechunk({1: -1})
     # A delayed estimator is one key of the graph rather than a copy embedded in every task;
     # the unique name spares dask from hashing the network's weights.

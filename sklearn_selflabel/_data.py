@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 import torch
+from sklearn.utils.sparsefuncs import mean_variance_axis
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 # Rows per chunk of the passes that check or summarise a whole out-of-core input: about 8 MB of
@@ -35,6 +36,11 @@ def iter_row_batches(X, batch_size: int) -> Iterator[np.ndarray]:
         yield dense_rows(X, start, start + batch_size)
 
 
+def holds_rows(table: torch.Tensor | None, n_rows: int, axis: int) -> bool:
+    """Whether ``table`` exists and has ``n_rows`` along ``axis``: state of these rows' fit."""
+    return table is not None and table.shape[axis] == n_rows
+
+
 def is_out_of_core(X) -> bool:
     """Whether ``X`` should be read by rows rather than converted to an in-memory array.
 
@@ -53,29 +59,52 @@ def is_out_of_core(X) -> bool:
     )
 
 
+def check_row_layout(X, *, ensure_min_samples: int | None = 1, n_features: int | None = None):
+    """Check the shape and dtype of an array read by rows, as ``check_array`` would, unread.
+
+    ``ensure_min_samples=None`` accepts an unknown number of rows (a lazy dask array's);
+    ``n_features`` is the number of columns a fitted estimator expects.
+
+    Raises
+    ------
+    ValueError
+        If the array is not 2-D, its shape is unknown or too small, it has other than
+        ``n_features`` columns, or its dtype is not real numeric.
+    """
+    if len(X.shape) != 2:
+        raise ValueError(f"Expected a 2-D array, got {len(X.shape)} dimension(s).")
+    n_samples, n_columns = X.shape
+    if not isinstance(n_columns, (int, np.integer)) or (
+        ensure_min_samples is not None and not isinstance(n_samples, (int, np.integer))
+    ):
+        raise ValueError(f"X must have a known shape, got {X.shape}; compute chunk sizes first.")
+    if ensure_min_samples is not None and n_samples < ensure_min_samples:
+        raise ValueError(
+            f"Found array with {n_samples} sample(s) (shape={X.shape}) while a minimum of "
+            f"{ensure_min_samples} is required."
+        )
+    if n_columns < 1:
+        raise ValueError(f"Found array with 0 feature(s) (shape={X.shape}).")
+    if n_features is not None and n_columns != n_features:
+        raise ValueError(
+            f"X has {n_columns} features, but the estimator is expecting {n_features} features "
+            "as input."
+        )
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
+
+
 def check_out_of_core(X, *, ensure_min_samples: int = 1) -> None:
     """Check an out-of-core ``X`` as ``check_array`` would, reading one chunk at a time.
 
     Raises
     ------
     ValueError
-        If the shape is unknown or too small, the dtype is not real numeric, or a value is
-        NaN or infinite.
+        As ``check_row_layout``, or if a value is NaN or infinite.
     """
-    n_samples, n_features = X.shape
-    if not all(isinstance(n, (int, np.integer)) for n in (n_samples, n_features)):
-        raise ValueError(f"X must have a known shape, got {X.shape}; compute chunk sizes first.")
-    if n_samples < ensure_min_samples:
-        raise ValueError(
-            f"Found array with {n_samples} sample(s) (shape={X.shape}) while a minimum of "
-            f"{ensure_min_samples} is required."
-        )
-    if n_features < 1:
-        raise ValueError(f"Found array with 0 feature(s) (shape={X.shape}).")
-    if X.dtype.kind not in "biuf":
-        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
+    check_row_layout(X, ensure_min_samples=ensure_min_samples)
     if X.dtype.kind == "f":
-        for start in range(0, n_samples, _CHUNK_ROWS):
+        for start in range(0, X.shape[0], _CHUNK_ROWS):
             if not np.isfinite(dense_rows(X, start, start + _CHUNK_ROWS)).all():
                 raise ValueError("Input X contains NaN or infinity.")
 
@@ -98,6 +127,28 @@ def column_mean_and_variance(X) -> tuple[np.ndarray, np.ndarray]:
         sum_sq = sum_sq + chunk_sum_sq + delta**2 * (n_seen * n_chunk / n_total)
         n_seen = n_total
     return mean, sum_sq / n_seen
+
+
+def feature_mean_and_scale(X, image_shape=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (1 where constant), float32, sparse-aware.
+
+    For images the statistics are per channel, spread over that channel's pixels, so that a
+    shifted image is standardised like the original.
+    """
+    if sp.issparse(X):
+        mean, var = mean_variance_axis(X, axis=0)
+    else:
+        mean, var = column_mean_and_variance(X)
+    if image_shape is not None:
+        channel_mean = mean.reshape(image_shape[0], -1).mean(axis=1, keepdims=True)
+        # total variance of the channel = mean within-pixel variance + variance of pixel means
+        channel_var = var.reshape(image_shape[0], -1) + mean.reshape(image_shape[0], -1) ** 2
+        channel_var = channel_var.mean(axis=1, keepdims=True) - channel_mean**2
+        pixels = np.ones((1, int(np.prod(image_shape[1:]))))
+        mean, var = (channel_mean * pixels).ravel(), (channel_var * pixels).ravel()
+    scale = np.sqrt(var)
+    scale[scale < 1e-12 * np.maximum(np.abs(mean), 1.0)] = 1.0
+    return mean.astype(np.float32), scale.astype(np.float32)
 
 
 class IndexedRows(Dataset):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from skorch import NeuralNet
@@ -18,9 +20,12 @@ class SelfLabelNet(NeuralNet):
     The current hard labels of every head live in ``label_table_`` (a ``(n_heads, n_samples)``
     int64 tensor on the training device), which the label-step callback rewrites on its
     schedule. ``get_loss`` looks up each row's labels there, so the training data never change
-    while the labels do. The loss is the mean over heads of the cross-entropy.
+    while the labels do. The loss is the mean over heads of the cross-entropy. The module is a
+    ``SelfLabelModule``.
     """
 
+    # The label mode that trains this class of net.
+    label_mode = "offline"
     label_table_: torch.Tensor
     # Set by the propagation callback when invariance propagation is on.
     propagation_: InvariancePropagation | None = None
@@ -35,8 +40,7 @@ class SelfLabelNet(NeuralNet):
         """One training step: the self-label loss, plus the invariance-propagation term."""
         self._set_training(True)
         rows, indices = unpack_data(batch)
-        embedding = self.module_.embed(to_tensor(rows, device=self.device))
-        logits = self.module_.heads(embedding)
+        embedding, logits = self.module_(to_tensor(rows, device=self.device), output="both")
         loss = self.get_loss(logits, indices, X=rows, training=True)
         if self.propagation_ is not None:
             loss = loss + self.propagation_.training_term(
@@ -52,56 +56,52 @@ class SelfLabelNet(NeuralNet):
         # over heads of each head's cross-entropy.
         return self.criterion_(y_pred.reshape(-1, n_clusters), labels.reshape(-1))
 
+    def inference_module(self) -> torch.nn.Module:
+        """The ``SelfLabelModule`` itself, outside any data-parallel wrapper.
+
+        Inference needs no gradients to synchronise, and a wrapper would hide the module.
+        """
+        return self.module_
+
     @torch.no_grad()
-    def evaluate_rows(
+    def forward_batches(
         self, X, batch_size: int, output: str = "logits", head: int | None = None
-    ) -> torch.Tensor:
-        """Forward all rows of ``X`` in eval mode (no augmentation), batch by batch.
+    ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """The outputs for consecutive batches of the rows of ``X``, in eval mode (clean rows).
 
         Parameters
         ----------
         X : array-like or sparse matrix of shape (n_samples, n_features)
         batch_size : int
         output : {"logits", "embedding", "both"}
-            ``"logits"`` gives ``(n_heads, n_samples, n_clusters)``; ``"embedding"`` gives
-            ``(n_samples, embedding_dim)``; ``"both"`` gives ``(embedding, logits)`` from one pass.
+            As ``SelfLabelModule.forward`` gives them, on the network's device.
         head : int or None
-            With ``output="logits"``, keep only this head's logits, ``(n_samples, n_clusters)``,
+            With ``output="logits"``, keep only this head's logits, ``(batch, n_clusters)``,
             so that inference holds one head's outputs rather than all of them.
-
-        Returns
-        -------
-        torch.Tensor (a pair of them with ``"both"``) on the network's device.
         """
-        module = self.module_
+        module = self.inference_module()
         # A fitted network is left in eval mode and is then never switched: concurrent calls
         # (predict from several threads) only read it.
         was_training = module.training
         if was_training:
             module.eval()
-        if output == "embedding":
-            forward = module.embed
-        elif output == "both":
-
-            def forward(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                embedding = module.embed(rows)
-                return embedding, module.heads(embedding)
-
-        elif head is None:
-            forward = module
-        else:
-
-            def forward(rows: torch.Tensor) -> torch.Tensor:
-                return module(rows)[head]
-
         try:
-            parts = [
-                forward(torch.from_numpy(rows).to(self.device))
-                for rows in iter_row_batches(X, batch_size)
-            ]
+            for rows in iter_row_batches(X, batch_size):
+                outputs = module(torch.from_numpy(rows).to(self.device), output=output)
+                yield outputs if head is None else outputs[head]
         finally:
             if was_training:
                 module.train()
+
+    def evaluate_rows(
+        self, X, batch_size: int, output: str = "logits"
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``forward_batches`` over all rows of ``X``, joined: what the label steps see.
+
+        Returns ``(n_heads, n_samples, n_clusters)`` logits, the ``(n_samples,
+        embedding_dim)`` embedding, or both.
+        """
+        parts = list(self.forward_batches(X, batch_size, output))
         if output == "both":
             embeddings, logits = zip(*parts, strict=True)
             return torch.cat(embeddings), torch.cat(logits, dim=-2)

@@ -21,9 +21,6 @@ optimiser steps, the more its stale logits mislead the balance, and the smaller 
 noisier: a queue of a few batches of about 1000 rows serves better than a long queue of small
 batches (``docs/online.rst``).
 
-``ChunkLabelStep`` is the offline mode's counterpart for ``partial_fit``: one label step over
-the whole chunk before training on it.
-
 Under data-parallel training (several processes, each with its own batches and queue), the
 column masses are summed over processes with ``torch.distributed.all_reduce``, so that the
 equipartition holds over the global batch plus all queues, as in SwAV's distributed Sinkhorn.
@@ -32,6 +29,8 @@ equipartition holds over the global batch plus all queues, as in SwAV's distribu
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,11 +38,10 @@ import torch.distributed as dist
 from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 
-from ._callbacks import LabelStep
+from ._label_mode import FittedHead
 from ._net import SelfLabelNet
+from .sinkhorn import LOG_FLOOR
 
-# Log-kernel floor: exp() stays above float32's smallest normal number.
-_LOG_FLOOR = -80.0
 # Largest change of a log column scaling per batch. Larger swings relabel many confident rows
 # at once, which can cascade into a collapse; the scaling still moves 5 per batch where needed.
 _MAX_LOG_STEP = 5.0
@@ -51,8 +49,8 @@ _MAX_LOG_STEP = 5.0
 _SCALING_DECAY = 0.01
 
 __all__ = [
-    "ChunkLabelStep",
     "OnlineLabelStep",
+    "OnlineLabels",
     "OnlineSelfLabelNet",
     "QueuedSinkhorn",
     "all_reduce_sum",
@@ -70,6 +68,50 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+@dataclass(frozen=True)
+class OnlineLabels:
+    """The settings of the online label mode, and what it gives training."""
+
+    n_clusters: int
+    n_heads: int
+    queue_size: int
+    lamb: float
+    n_iter: int
+
+    name: ClassVar[str] = "online"
+
+    def fit_label_step(self, n_epochs: int, seed: int) -> OnlineLabelStep:
+        return OnlineLabelStep(
+            n_clusters=self.n_clusters,
+            n_heads=self.n_heads,
+            queue_size=self.queue_size,
+            lamb=self.lamb,
+            n_iter=self.n_iter,
+        )
+
+    def chunk_label_step(self) -> OnlineLabelStep:
+        # The queue and the column scalings carry over from chunk to chunk.
+        return self.fit_label_step(1, 0)
+
+    def net_class(self, accelerated: bool) -> type[OnlineSelfLabelNet]:
+        if not accelerated:
+            return OnlineSelfLabelNet
+        # skorch.hf is slow to import; only accelerated fits pay for it.
+        from ._accelerate import AcceleratedOnlineSelfLabelNet
+
+        return AcceleratedOnlineSelfLabelNet
+
+    def fitted_head(self, net: OnlineSelfLabelNet, X) -> FittedHead:
+        """The head with the lowest loss over the last epoch, and the scalings it ended with.
+
+        No label table exists, and the last batch's labels were found with those scalings.
+        """
+        label_step = dict(net.callbacks_)["label_step"]
+        best = int(np.argmin(label_step.head_losses_))
+        offsets = label_step.sinkhorn_.log_scaling[best] / self.lamb
+        return FittedHead(best, label_step.head_losses_, offsets.cpu().numpy().astype(np.float32))
 
 
 class QueuedSinkhorn:
@@ -151,8 +193,8 @@ class QueuedSinkhorn:
             log_kernel = torch.cat([logits[heads], self.queue[heads, : self.n_queued]], dim=1)
             log_kernel.mul_(self.lamb).add_(self.log_scaling[heads].unsqueeze(1))
             log_kernel.sub_(log_kernel.amax(dim=2, keepdim=True))
-            # The floor keeps exp() off subnormals (slow); it is ~e-35 of each row's mass.
-            kernel = log_kernel.clamp_(min=_LOG_FLOOR).exp_()
+            # The floor keeps exp() off subnormals (slow); it is ~e-37 of each row's mass.
+            kernel = log_kernel.clamp_(min=LOG_FLOOR[torch.float32]).exp_()
             log_step = torch.zeros_like(self.log_scaling[heads])
             for _ in range(self.n_iter):
                 step = log_step.exp().unsqueeze(1)
@@ -191,6 +233,7 @@ class OnlineSelfLabelNet(SelfLabelNet):
     step; ``get_loss`` uses them, so no ``n_samples``-sized state exists.
     """
 
+    label_mode = "online"
     batch_labels_: torch.Tensor
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
@@ -259,7 +302,7 @@ class OnlineLabelStep(Callback):
         if not training:
             return
         rows, _ = unpack_data(batch)
-        module = net.module_
+        module = net.inference_module()
         module.eval()
         try:
             logits = module(rows.to(_module_device(module)))
@@ -286,43 +329,6 @@ class OnlineLabelStep(Callback):
         net.history.record("min_cluster_size", int(counts.min()))
         net.history.record("max_cluster_size", int(counts.max()))
         net.history.record("sinkhorn_error", float(self.sinkhorn_.marginal_error))
-
-
-class ChunkLabelStep(LabelStep):
-    """Offline ``partial_fit``: label the chunk by one Sinkhorn step before training on it.
-
-    The step runs at the start of every ``partial_fit`` call, over the clean logits of the
-    whole chunk, warm-started from the previous chunk's column scalings; the chunk then trains
-    one epoch against those labels. The history rows are ``LabelStep``'s, without steps.
-    """
-
-    def __init__(
-        self,
-        *,
-        n_clusters: int,
-        n_heads: int,
-        lamb: float,
-        tol: float,
-        max_iter: int,
-        batch_size: int,
-    ) -> None:
-        super().__init__(
-            frozenset(),
-            n_clusters=n_clusters,
-            n_heads=n_heads,
-            lamb=lamb,
-            tol=tol,
-            max_iter=max_iter,
-            batch_size=batch_size,
-            seed=0,  # seeds the initial split and the re-partition, neither of which runs here
-        )
-
-    def initialize(self) -> ChunkLabelStep:
-        self.solver_state_ = None
-        return self
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
-        net.label_table_ = self.solve(net, X.X).labels
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:

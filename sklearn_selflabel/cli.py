@@ -21,7 +21,7 @@ from typing import BinaryIO
 import joblib
 import numpy as np
 
-from ._checkpoint import write_atomically
+from ._files import write_atomically
 from .clusterer import SelfLabelingClusterer
 
 PROG = "sklearn-selflabel"

@@ -49,6 +49,7 @@ class MultiHeadClassifier(nn.Module):
 
     def __init__(self, embedding_dim: int, n_clusters: int, n_heads: int) -> None:
         super().__init__()
+        self.embedding_dim = embedding_dim
         self.n_clusters = n_clusters
         self.n_heads = n_heads
         # SeLa puts the heads on rectified, normalised features rather than on the raw embedding.
@@ -109,8 +110,11 @@ class ConvEncoder(nn.Module):
         return self.layers(x.reshape(-1, *self.image_shape))
 
 
-class SelfLabelNetwork(nn.Module):
+class SelfLabelModule(nn.Module):
     """The full network ``h ∘ Φ`` with the input standardisation and training views folded in.
+
+    This is the skorch net's ``module_``. Its ``forward`` returns the logits, the embedding
+    or both, so that every use, a data-parallel wrapper's included, goes through it.
 
     Parameters
     ----------
@@ -139,10 +143,24 @@ class SelfLabelNetwork(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("scale", scale)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The embedding ``Φ(x)`` of raw input rows (augmented only in training mode)."""
-        return self.encoder(self.augment((x - self.mean) / self.scale))
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw input rows in the units that the encoder sees."""
+        return (x - self.mean) / self.scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-head logits, shape ``(n_heads, batch, n_clusters)``."""
-        return self.heads(self.embed(x))
+    def forward(
+        self, x: torch.Tensor, output: str = "logits"
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The network's outputs for raw input rows (augmented only in training mode).
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (batch, n_features)
+        output : {"logits", "embedding", "both"}, default="logits"
+            ``"logits"``: per-head logits ``(n_heads, batch, n_clusters)``; ``"embedding"``:
+            ``Φ(x)``, ``(batch, embedding_dim)``; ``"both"``: ``(embedding, logits)``.
+        """
+        embedding = self.encoder(self.augment(self.standardise(x)))
+        if output == "embedding":
+            return embedding
+        logits = self.heads(embedding)
+        return (embedding, logits) if output == "both" else logits

@@ -52,7 +52,8 @@ _ABSORB_LOG = {torch.float32: 35.0, torch.float64: 250.0}
 # Log-kernel entries are clamped to just above the smallest normal number:
 # exp() of and arithmetic on subnormals is ~10x slower, and the floor is
 # negligible (relative to any row sum, at most exp(floor + 2 * limit) ~ 1e-7).
-_LOG_FLOOR = {torch.float32: -86.0, torch.float64: -706.0}
+# The online label step's kernel shares it.
+LOG_FLOOR = {torch.float32: -86.0, torch.float64: -706.0}
 # A cluster mass within this factor of what the floor alone could produce is
 # recomputed exactly in the log domain.
 _FLOOR_MARGIN = 1e6
@@ -378,7 +379,7 @@ def _iterate(
         with np.errstate(divide="ignore"):
             log_mass = np.log(c.double().cpu().numpy() * col / n_samples)
         # Row sums are at least min(c), so the floor adds at most c_j * floor / min(c).
-        floor_mass = shift + _LOG_FLOOR[logits.dtype] - shift.min() + math.log(_FLOOR_MARGIN)
+        floor_mass = shift + LOG_FLOOR[logits.dtype] - shift.min() + math.log(_FLOOR_MARGIN)
         if not (log_mass > floor_mass).all():
             # A cluster has (next to) no kernel mass: get its true mass in the log domain.
             log_mass = _log_col_mass(logits, lamb, x, passes)
@@ -613,7 +614,7 @@ def _fill_kernel(
     Returns the sum of the row maxima subtracted (scores with the centred potential).
     """
     pot_t = _score_pot(pot, logits)
-    floor = _LOG_FLOOR[kernel.dtype]
+    floor = LOG_FLOOR[kernel.dtype]
 
     def fill(blocks: list[tuple[int, int]]) -> float:
         row_max_sum = 0.0

@@ -197,12 +197,22 @@ def test_score_is_normalised_information(blobs, fitted):
     longer = small(max_epochs=60).fit(X)
     assert 0 <= fitted.score(X) < longer.score(X) <= 1.0
     assert longer.score(X) > 0.6
-    # An untrained-like model that spreads every row evenly has no information.
-    uniform = np.full((10, 3), 1 / 3)
-    from sklearn_selflabel.clusterer import _information
+    # The streaming sum over batches is the closed form on predict_proba.
+    proba = longer.predict_proba(X)
+    marginal = proba.mean(axis=0)
+    information = -np.sum(marginal * np.log(marginal)) + np.mean(np.sum(proba * np.log(proba), 1))
+    assert longer.score(X) == pytest.approx(information / np.log(3), rel=1e-9)
+    # Rows spread evenly carry no information; confident, evenly spread rows carry log K.
+    from sklearn_selflabel._inference import InformationSum
 
-    assert _information(uniform) == pytest.approx(0.0, abs=1e-12)
-    assert _information(np.eye(3)) == pytest.approx(np.log(3))
+    def score_of(logits):
+        information = InformationSum(logits.shape[1], "cpu")
+        for batch in torch.split(logits, 4):
+            information.add(batch)
+        return information.score()
+
+    assert score_of(torch.zeros(10, 3)) == pytest.approx(0.0, abs=1e-12)
+    assert score_of(100 * torch.eye(3).repeat(3, 1)) == pytest.approx(1.0)
 
 
 def test_history_records_loss_label_changes_and_cluster_sizes(fitted):
@@ -230,7 +240,7 @@ def test_history_records_loss_label_changes_and_cluster_sizes(fitted):
 
 
 def test_label_schedule_is_dense_early_and_sparse_late():
-    from sklearn_selflabel._callbacks import label_step_epochs
+    from sklearn_selflabel._offline import label_step_epochs
 
     epochs = label_step_epochs(100, 20)
     gaps = np.diff(epochs)
@@ -239,7 +249,7 @@ def test_label_schedule_is_dense_early_and_sparse_late():
 
 
 def test_initial_labels_are_a_random_equal_split():
-    from sklearn_selflabel._callbacks import random_equal_split
+    from sklearn_selflabel._offline import random_equal_split
 
     labels = random_equal_split(103, 10, 3, seed=0)
     assert labels.shape == (3, 103)

@@ -1,0 +1,106 @@
+"""Building the torch network and the skorch net with its callbacks from the settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+from torch import nn
+
+from ._callbacks import EpochProgress, FiniteLossGuard, PropagationRefresh
+from ._checkpoint import EpochEndState
+from ._data import feature_mean_and_scale, shuffled_batch_loader
+from ._net import SelfLabelNet
+from ._settings import NetworkSettings, Settings
+from .augment import ImageAugment, TabularAugment
+from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelModule
+
+
+def build_module(network: NetworkSettings, X) -> SelfLabelModule:
+    """The network ``h ∘ Φ`` for the rows ``X``, with their standardisation and views."""
+    n_features = X.shape[1]
+    if network.module is not None:
+        encoder = network.module(n_features=n_features, **network.module_params)
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"module must build a torch.nn.Module, got {type(encoder).__name__}.")
+    elif network.image_shape is not None:
+        encoder = ConvEncoder(network.image_shape, embedding_dim=network.embedding_dim)
+    else:
+        encoder = MLPEncoder(n_features, network.hidden_layer_sizes, network.embedding_dim)
+    embedding_dim = _output_size(encoder, n_features)
+    mean, scale = feature_mean_and_scale(X, network.image_shape)
+    if network.image_shape is None:
+        augment = TabularAugment(network.augment_strength)
+    else:
+        augment = ImageAugment(network.image_shape, network.augment_strength)
+    return SelfLabelModule(
+        encoder,
+        MultiHeadClassifier(embedding_dim, network.n_clusters, network.n_heads),
+        torch.from_numpy(mean),
+        torch.from_numpy(scale),
+        augment,
+    )
+
+
+def build_net(
+    settings: Settings,
+    module: SelfLabelModule,
+    seed: int,
+    label_step: Callback,
+    end_state: EpochEndState,
+) -> SelfLabelNet:
+    """The skorch net that trains ``module`` with ``label_step`` and the settings' callbacks.
+
+    ``end_state`` comes last, so that an epoch counts as completed once everything else has
+    run.
+    """
+    callbacks = [("label_step", label_step), ("finite_loss", FiniteLossGuard())]
+    if settings.propagation is not None:
+        refresh = PropagationRefresh(
+            label_step.epochs,
+            settings.propagation,
+            batch_size=settings.batch_size,
+            seed=seed,
+        )
+        callbacks.append(("propagation", refresh))
+    accelerator = settings.accelerator
+    if settings.verbose == 1:
+        main_process = accelerator is None or accelerator.is_local_main_process
+        callbacks.append(("progress", EpochProgress(disable=not main_process)))
+    callbacks.append(("epoch_end_state", end_state))
+    accelerated = {}
+    if accelerator is not None:
+        # skorch's AccelerateMixin prints through accelerator.print whatever verbose says.
+        sink = accelerator.print if settings.verbose >= 2 else print
+        accelerated = {"accelerator": accelerator, "callbacks__print_log__sink": sink}
+    return settings.labels.net_class(accelerator is not None)(
+        module=module,
+        criterion=nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=settings.lr,
+        optimizer__weight_decay=settings.weight_decay,
+        max_epochs=settings.max_epochs,
+        batch_size=settings.batch_size,
+        train_split=None,
+        iterator_train=shuffled_batch_loader,
+        iterator_train__rng=np.random.default_rng(seed),
+        callbacks=callbacks,
+        device=str(settings.device),
+        verbose=int(settings.verbose >= 2),  # skorch's per-epoch table
+        **accelerated,
+    )
+
+
+def _output_size(encoder: nn.Module, n_features: int) -> int:
+    """Embedding size of ``encoder``, read from one forward pass on two zero rows."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        out = encoder(torch.zeros(2, n_features))
+    encoder.train(was_training)
+    if out.ndim != 2 or out.shape[0] != 2:
+        raise ValueError(
+            "module must map (batch, n_features) to (batch, embedding_dim); got output shape "
+            f"{tuple(out.shape)} for input (2, {n_features})."
+        )
+    return int(out.shape[1])

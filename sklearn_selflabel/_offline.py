@@ -1,0 +1,256 @@
+"""Offline label mode: SeLa's label steps over all training rows, on a schedule.
+
+A ``(n_heads, n_samples)`` label table starts as a random equal split. After the scheduled
+epochs (dense early, sparse late) the network's logits on the clean training rows go through
+``sinkhorn_equipartition`` and ``argmax Q`` rewrites the table. With estimated cluster sizes,
+the first step from half the schedule on re-partitions every head by the embedding's
+nearest-neighbour links, and the later steps aim at the sizes that a neighbour vote supports.
+``fitted_head`` runs one more such step on the trained network: it fixes ``logit_offsets_``.
+``ChunkLabelStep`` labels a ``partial_fit`` chunk by one step before training on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from skorch.callbacks import Callback
+
+from ._data import holds_rows
+from ._label_mode import FittedHead
+from ._net import SelfLabelNet
+from .propagation import neighbour_link_partition, neighbour_vote_shares
+from .sinkhorn import SinkhornResult, sinkhorn_equipartition
+
+# With cluster_sizes="estimated", label steps aim at estimated sizes from this fraction of
+# the last label step's epoch on: before, the embedding does not yet hold the categories.
+_ESTIMATED_SIZES_FROM = 0.5
+
+
+@dataclass(frozen=True)
+class OfflineLabels:
+    """The settings of the offline label mode, and what it gives training."""
+
+    n_clusters: int
+    n_heads: int
+    lamb: float
+    tol: float
+    max_iter: int
+    n_label_steps: int
+    cluster_sizes: str
+    batch_size: int
+
+    name: ClassVar[str] = "offline"
+
+    def fit_label_step(self, n_epochs: int, seed: int) -> LabelStep:
+        epochs = label_step_epochs(n_epochs, self.n_label_steps)
+        estimate_from = None
+        if self.cluster_sizes == "estimated":
+            estimate_from = _ESTIMATED_SIZES_FROM * epochs.max()
+        return LabelStep(
+            frozenset(epochs.tolist()), mode=self, seed=seed, estimate_sizes_from=estimate_from
+        )
+
+    def chunk_label_step(self) -> ChunkLabelStep:
+        return ChunkLabelStep(mode=self)
+
+    def net_class(self, accelerated: bool) -> type[SelfLabelNet]:
+        if not accelerated:
+            return SelfLabelNet
+        # skorch.hf is slow to import; only accelerated fits pay for it.
+        from ._accelerate import AcceleratedSelfLabelNet
+
+        return AcceleratedSelfLabelNet
+
+    def solve(self, logits: torch.Tensor, weights=None, init=None) -> SinkhornResult:
+        """Sinkhorn with this mode's settings, aiming at ``weights`` (None: equal sizes)."""
+        return sinkhorn_equipartition(
+            logits,
+            lamb=self.lamb,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            cluster_weights=weights,
+            init=init,
+        )
+
+    def fitted_head(self, net: SelfLabelNet, X) -> FittedHead:
+        """The head with the lowest loss against its labels, and a last label step's prior.
+
+        The last step, on the trained network's logits of ``X``, sets the cluster sizes that
+        predict gives: ``argmax Q = argmax (lamb * logits + log b)``, rows scaled or not.
+        """
+        embedding, logits = net.evaluate_rows(X, self.batch_size, output="both")
+        head_losses = net.head_losses(logits)
+        best = int(np.argmin(head_losses))
+        weights = None
+        if self.cluster_sizes == "estimated":
+            weights = estimated_cluster_weights(embedding, net.label_table_[best], self.n_clusters)
+        state = dict(net.callbacks_)["label_step"].solver_state_
+        result = self.solve(logits[best], weights, None if state is None else state[best])
+        offsets = (result.state / self.lamb).cpu().numpy().astype(np.float32)
+        return FittedHead(best, head_losses, offsets)
+
+
+def label_step_epochs(max_epochs: int, n_label_steps: int) -> np.ndarray:
+    """Epochs (0-based) after which labels are recomputed: dense early, sparse late.
+
+    Steps are placed at ``(max_epochs - 1) * (i / n_label_steps) ** 2`` for
+    ``i = 0 .. n_label_steps - 1``, as in SeLa's schedule, so the last epoch always trains on
+    fixed labels.
+    """
+    fractions = np.arange(n_label_steps) / n_label_steps
+    return np.unique(np.round((max_epochs - 1) * fractions**2).astype(np.int64))
+
+
+def random_equal_split(n_samples: int, n_clusters: int, n_heads: int, seed: int) -> np.ndarray:
+    """SeLa's initial labels: a random permutation of an equal split, per head, ``(n_heads, n)``."""
+    rng = np.random.default_rng(seed)
+    equal = np.arange(n_samples) % n_clusters
+    return np.stack([rng.permutation(equal) for _ in range(n_heads)])
+
+
+def estimated_cluster_weights(
+    embedding: torch.Tensor, labels: torch.Tensor, n_clusters: int
+) -> np.ndarray:
+    """Cluster sizes that the embedding supports, for labels of shape ``(n_samples,)`` or
+    ``(n_heads, n_samples)``: the shares after a majority vote of each row's nearest
+    neighbours (``neighbour_vote_shares``), none below half the equal share, so that no
+    cluster can be voted away.
+    """
+    return neighbour_vote_shares(embedding, labels, n_clusters, min_share=0.5 / n_clusters)
+
+
+def renamed_to_match(labels: np.ndarray, reference: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``labels`` with its clusters renamed to agree with ``reference`` on the most rows."""
+    overlap = np.zeros((n_clusters, n_clusters))
+    np.add.at(overlap, (labels, reference), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    names = np.empty(n_clusters, dtype=np.int64)
+    names[rows] = cols
+    return names[labels]
+
+
+class LabelStep(Callback):
+    """Recompute every head's hard labels by the equipartition Sinkhorn step on a schedule.
+
+    At ``on_train_begin`` the labels are a random equal split. After each scheduled epoch the
+    network's logits on the clean training rows go through ``sinkhorn_equipartition``, warm
+    started from the previous step's scalings, and ``argmax Q`` becomes the new label table.
+    From epoch ``estimate_sizes_from`` on, each head's step aims at the cluster sizes that its
+    current labels and the embedding support (``estimated_cluster_weights``) rather than at
+    equal ones; the first of those steps does not solve Sinkhorn but re-partitions: every
+    head takes the partition of the embedding's nearest-neighbour links
+    (``neighbour_link_partition``), its clusters renamed to agree with that head's labels.
+    That undoes what the equipartition forces on unequal categories (a large one split, two
+    small ones merged), which the later steps, each from the labels of the step before,
+    could not undo. Every epoch records in the history: ``label_step`` and ``repartition``
+    (bools), ``labels_changed`` (fraction of (head, row) labels that changed, 0 without a
+    step), ``min_cluster_size`` and ``max_cluster_size`` (over all heads), at a step
+    ``label_step_seconds`` (the whole step: forward pass, neighbour vote and solver), and at a
+    Sinkhorn step ``sinkhorn_n_iter``, ``sinkhorn_error`` and ``sinkhorn_seconds`` (the solver
+    alone).
+    """
+
+    def __init__(
+        self,
+        epochs: Collection[int],
+        *,
+        mode: OfflineLabels,
+        seed: int,
+        estimate_sizes_from: float | None = None,
+    ) -> None:
+        self.epochs = epochs
+        self.mode = mode
+        self.seed = seed
+        self.estimate_sizes_from = estimate_sizes_from
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
+        if holds_rows(getattr(net, "label_table_", None), len(X), axis=1):
+            return  # a resumed fit keeps the labels (and solver state) of its checkpoint
+        mode = self.mode
+        labels = random_equal_split(len(X), mode.n_clusters, mode.n_heads, self.seed)
+        net.label_table_ = torch.from_numpy(labels).to(net.device)
+        self.solver_state_ = None
+
+    def repartition_epoch(self) -> int | None:
+        """The first label step that aims at estimated sizes: the one that re-partitions."""
+        if self.estimate_sizes_from is None:
+            return None
+        later = [epoch for epoch in self.epochs if epoch >= self.estimate_sizes_from]
+        return min(later, default=None)
+
+    def repartition(self, net, X) -> torch.Tensor:
+        """Every head's labels from the neighbour links of the embedding of the rows ``X``."""
+        n_clusters = self.mode.n_clusters
+        embedding = net.evaluate_rows(X, self.mode.batch_size, output="embedding")
+        partition = neighbour_link_partition(embedding, n_clusters, random_state=self.seed)
+        table = net.label_table_.cpu().numpy()
+        renamed = [renamed_to_match(partition, head, n_clusters) for head in table]
+        return torch.from_numpy(np.stack(renamed)).to(net.label_table_.device)
+
+    def solve(self, net, X) -> SinkhornResult:
+        """Sinkhorn on the clean logits of the rows ``X``, warm-started from the previous step."""
+        epoch = len(net.history) - 1
+        mode = self.mode
+        weights = None
+        if self.estimate_sizes_from is not None and epoch >= self.estimate_sizes_from:
+            embedding, logits = net.evaluate_rows(X, mode.batch_size, output="both")
+            weights = estimated_cluster_weights(embedding, net.label_table_, mode.n_clusters)
+        else:
+            logits = net.evaluate_rows(X, mode.batch_size)
+        start = time.perf_counter()
+        result = mode.solve(logits, weights, self.solver_state_)
+        self.solver_seconds_ = time.perf_counter() - start
+        self.solver_state_ = result.state
+        return result
+
+    def on_epoch_end(self, net, dataset_train=None, **kwargs) -> None:
+        epoch = len(net.history) - 1
+        changed = 0.0
+        repartition = epoch == self.repartition_epoch()
+        if epoch in self.epochs:
+            start = time.perf_counter()
+            if repartition:
+                labels = self.repartition(net, dataset_train.X)
+            else:
+                result = self.solve(net, dataset_train.X)
+                labels = result.labels
+                net.history.record("sinkhorn_n_iter", result.n_iter)
+                net.history.record("sinkhorn_seconds", self.solver_seconds_)
+                net.history.record("sinkhorn_error", result.marginal_error)
+            changed = (labels != net.label_table_).float().mean().item()
+            net.label_table_ = labels
+            net.history.record("label_step_seconds", time.perf_counter() - start)
+        sizes = torch.stack(
+            [torch.bincount(head, minlength=self.mode.n_clusters) for head in net.label_table_]
+        )
+        net.history.record("label_step", epoch in self.epochs)
+        net.history.record("repartition", repartition)
+        net.history.record("labels_changed", changed)
+        net.history.record("min_cluster_size", int(sizes.min()))
+        net.history.record("max_cluster_size", int(sizes.max()))
+
+
+class ChunkLabelStep(LabelStep):
+    """Offline ``partial_fit``: label the chunk by one Sinkhorn step before training on it.
+
+    The step runs at the start of every ``partial_fit`` call, over the clean logits of the
+    whole chunk, warm-started from the previous chunk's column scalings; the chunk then trains
+    one epoch against those labels. The history rows are ``LabelStep``'s, without steps.
+    """
+
+    def __init__(self, *, mode: OfflineLabels) -> None:
+        # The seed draws the initial split and the re-partition, neither of which runs here.
+        super().__init__(frozenset(), mode=mode, seed=0)
+
+    def initialize(self) -> ChunkLabelStep:
+        self.solver_state_ = None
+        return self
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
+        net.label_table_ = self.solve(net, X.X).labels

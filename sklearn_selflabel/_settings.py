@@ -1,0 +1,276 @@
+"""The settings of one fit, resolved once from the estimator's parameters and the data.
+
+``resolve_settings`` is this package's ``_check_params_vs_input``: it resolves every ``"auto"``,
+makes every check that combines parameters or a parameter with the data, draws the seeds, and
+picks the label mode. Everything downstream reads the frozen ``Settings`` it returns, never the
+estimator's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+from ._label_mode import LabelMode
+from ._offline import OfflineLabels
+from ._online import OnlineLabels
+
+# Optimizer steps that max_epochs="auto" gives an image fit at least (within 60..120 epochs).
+_MIN_IMAGE_STEPS = 960
+# n_init="auto" trains image fits of at most this many optimizer steps twice.
+_MAX_RESTART_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """What the torch network is built from."""
+
+    n_clusters: int
+    n_heads: int
+    hidden_layer_sizes: tuple[int, ...]
+    embedding_dim: int
+    module: type | None
+    module_params: dict
+    image_shape: tuple[int, int, int] | None
+    augment_strength: float
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    """Invariance propagation's settings; its contrastive term's softmax temperature,
+    negatives per batch and memory-bank momentum are those of Wang et al."""
+
+    n_neighbors: int
+    n_hops: int
+    n_positives: int
+    label_weight: float
+    contrast_weight: float
+    temperature: float = 0.1
+    n_negatives: int = 4096
+    momentum: float = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a fit (or a ``partial_fit`` call) needs, resolved."""
+
+    network: NetworkSettings
+    labels: LabelMode
+    propagation: PropagationSettings | None
+    device: torch.device
+    accelerator: Any
+    max_epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    verbose: int
+    # One per initialisation; the first is also the seed of partial_fit.
+    seeds: tuple[int, ...]
+    checkpoint_dir: str | os.PathLike | None
+    warm_start: bool
+    on_interrupt: str
+
+    def problem(self) -> dict:
+        """The settings that shape the training state, which a resumed checkpoint must match."""
+        return {
+            "n_clusters": self.network.n_clusters,
+            "n_heads": self.network.n_heads,
+            "label_mode": self.labels.name,
+            "propagation": self.propagation is not None,
+        }
+
+
+def resolve_settings(
+    estimator, X, *, chunk: bool = False, trained_on: str | None = None
+) -> Settings:
+    """The ``Settings`` of ``estimator.fit(X)``, or with ``chunk`` of ``partial_fit(X)``.
+
+    ``trained_on`` is the device of the network that a ``partial_fit`` call continues.
+
+    Raises
+    ------
+    ValueError
+        On a parameter that does not suit the data, or a combination of parameters that
+        cannot work together; the message names them.
+    """
+    est = estimator
+    n_samples, n_features = X.shape
+    if est.n_clusters > n_samples:
+        raise ValueError(f"n_samples={n_samples} should be >= n_clusters={est.n_clusters}.")
+    if chunk and est.accelerator is not None:
+        raise ValueError("partial_fit does not support an accelerator; use fit.")
+    online = est.label_mode == "online"
+    batch_size = (1024 if online else 256) if est.batch_size == "auto" else est.batch_size
+    labels: LabelMode
+    if online:
+        labels = OnlineLabels(
+            n_clusters=est.n_clusters,
+            n_heads=est.n_heads,
+            queue_size=est.queue_size,
+            lamb=est.sinkhorn_lambda,
+            n_iter=est.online_sinkhorn_iter,
+        )
+    else:
+        labels = OfflineLabels(
+            n_clusters=est.n_clusters,
+            n_heads=est.n_heads,
+            lamb=est.sinkhorn_lambda,
+            tol=est.sinkhorn_tol,
+            max_iter=est.sinkhorn_max_iter,
+            n_label_steps=est.n_label_steps,
+            cluster_sizes=est.cluster_sizes,
+            batch_size=batch_size,
+        )
+    network = NetworkSettings(
+        n_clusters=est.n_clusters,
+        n_heads=est.n_heads,
+        hidden_layer_sizes=_checked_hidden_layer_sizes(est.hidden_layer_sizes),
+        embedding_dim=est.embedding_dim,
+        module=est.module,
+        module_params=dict(est.module_params or {}),
+        image_shape=_checked_image_shape(est.image_shape, n_features),
+        augment_strength=est.augment_strength,
+    )
+    propagation = None
+    if not online and (
+        network.image_shape is not None if est.propagation == "auto" else est.propagation
+    ):
+        propagation = PropagationSettings(
+            n_neighbors=est.propagation_neighbors,
+            n_hops=est.propagation_hops,
+            n_positives=est.propagation_positives,
+            label_weight=est.propagation_weight,
+            contrast_weight=est.propagation_contrast,
+        )
+    if trained_on is None:
+        device = _training_device(est.device, est.accelerator, propagation is not None)
+    else:
+        device = torch.device(trained_on)
+    n_batches = math.ceil(n_samples / batch_size)
+    max_epochs = est.max_epochs
+    if max_epochs == "auto":
+        # A small image set needs more passes for as many optimizer steps as a large one.
+        max_epochs = 120
+        if network.image_shape is not None:
+            max_epochs = int(np.clip(math.ceil(_MIN_IMAGE_STEPS / n_batches), 60, 120))
+    if est.checkpoint_dir is not None and est.accelerator is not None:
+        raise ValueError("checkpoint_dir is not supported with an accelerator.")
+    if est.warm_start and est.checkpoint_dir is None and not chunk:
+        raise ValueError(
+            "warm_start=True resumes from the checkpoint in checkpoint_dir; set "
+            "checkpoint_dir (a fit that finds no checkpoint there starts afresh)."
+        )
+    n_init = 1 if chunk else _n_init(est, online, max_epochs * n_batches)
+    seed = _seed_from(est.random_state)
+    more = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=n_init - 1)
+    return Settings(
+        network=network,
+        labels=labels,
+        propagation=propagation,
+        device=device,
+        accelerator=est.accelerator,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        lr=est.lr,
+        weight_decay=est.weight_decay,
+        verbose=est.verbose,
+        seeds=(seed, *(int(s) for s in more)),
+        checkpoint_dir=est.checkpoint_dir,
+        warm_start=est.warm_start,
+        on_interrupt=est.on_interrupt,
+    )
+
+
+def _n_init(est, online: bool, n_steps: int) -> int:
+    """``n_init``, with ``"auto"`` resolved for a fit of ``n_steps`` optimizer steps."""
+    if est.n_init == "auto":
+        single = (
+            est.image_shape is None
+            or online
+            or est.checkpoint_dir is not None
+            or est.accelerator is not None
+        )
+        return 1 if single or n_steps > _MAX_RESTART_STEPS else 2
+    if est.n_init > 1 and est.checkpoint_dir is not None:
+        raise ValueError(
+            f"n_init={est.n_init} cannot be combined with checkpoint_dir: a checkpoint holds "
+            "one training run. Use n_init=1 to checkpoint and resume."
+        )
+    if est.n_init > 1 and est.accelerator is not None:
+        raise ValueError(
+            f"n_init={est.n_init} cannot be combined with an accelerator: processes that "
+            "score their own share of the data could keep different fits. Use n_init=1."
+        )
+    return est.n_init
+
+
+def _checked_hidden_layer_sizes(hidden_layer_sizes) -> tuple[int, ...]:
+    sizes = np.asarray(hidden_layer_sizes).reshape(-1)
+    if not all(isinstance(s, Integral) and s >= 1 for s in sizes.tolist()):
+        raise ValueError(
+            "hidden_layer_sizes must be a sequence of positive integers, got "
+            f"{hidden_layer_sizes!r}."
+        )
+    return tuple(int(s) for s in sizes)
+
+
+def _checked_image_shape(image_shape, n_features: int) -> tuple[int, int, int] | None:
+    """``image_shape`` as ``(C, H, W)``, checked against the number of features."""
+    if image_shape is None:
+        return None
+    shape = np.asarray(image_shape).reshape(-1).tolist()
+    if not (len(shape) in (2, 3) and all(isinstance(s, Integral) and s >= 1 for s in shape)):
+        raise ValueError(
+            "image_shape must be (height, width) or (channels, height, width) of positive "
+            f"integers, got {image_shape!r}."
+        )
+    shape = ([1] if len(shape) == 2 else []) + [int(s) for s in shape]
+    if int(np.prod(shape)) != n_features:
+        raise ValueError(
+            f"image_shape={tuple(image_shape)} holds {int(np.prod(shape))} pixels but X "
+            f"has {n_features} features; rows must be images flattened in C, H, W order."
+        )
+    return tuple(shape)
+
+
+def _training_device(device: str, accelerator, propagation: bool) -> torch.device:
+    if accelerator is None:
+        return resolve_device(device)
+    if accelerator.device_placement:
+        raise ValueError(
+            "Create the accelerator with Accelerator(device_placement=False): the estimator "
+            "places the network and its batches on accelerator.device itself."
+        )
+    if propagation:
+        raise ValueError(
+            "propagation is not supported with an accelerator; set propagation=False "
+            "or use label_mode='online'."
+        )
+    return torch.device(accelerator.device)
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device that ``device`` names; ``"auto"``: CUDA when available."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a torch device: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available.")
+    return resolved
+
+
+def _seed_from(random_state) -> int:
+    """A 31-bit seed for torch and numpy Generators, without touching the global numpy state."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
