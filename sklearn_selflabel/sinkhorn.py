@@ -140,6 +140,7 @@ def sinkhorn_equipartition(
     max_iter: int = 1000,
     init: np.ndarray | torch.Tensor | None = None,
     return_q: bool = False,
+    newton: bool = True,
 ) -> SinkhornResult:
     """Assign samples to clusters under an equal-partition constraint.
 
@@ -165,6 +166,9 @@ def sinkhorn_equipartition(
         it goes straight to Newton steps (for up to 128 clusters).
     return_q : bool, default=False
         Also return the soft assignment Q.
+    newton : bool, default=True
+        Take Newton steps near the solution (for up to 128 clusters); ``False`` iterates
+        Sinkhorn with Anderson acceleration only.
 
     Returns
     -------
@@ -247,7 +251,7 @@ def sinkhorn_equipartition(
         for h in range(n_heads):
             head_init = None if init_arr is None else init_arr[h]
             errors, pot, converged = _iterate(
-                heads[h], lamb, log_w[h], tol, int(max_iter), head_init, passes
+                heads[h], lamb, log_w[h], tol, int(max_iter), head_init, passes, bool(newton)
             )
             if labels is None:
                 # Allocated only now that the first head's kernel buffer has been freed.
@@ -340,11 +344,12 @@ def _iterate(
     max_iter: int,
     init: np.ndarray | None,
     passes: _RowPasses,
+    newton: bool,
 ) -> tuple[list[float], np.ndarray, bool]:
     """Iterations on the column potential; return (errors, last evaluated potential, converged)."""
     n_samples, n_clusters = logits.shape
     limit = _ABSORB_LOG[logits.dtype]
-    newton_ok = n_clusters <= _NEWTON_MAX_CLUSTERS
+    newton_ok = newton and n_clusters <= _NEWTON_MAX_CLUSTERS
     # x: log column scaling (the dual potential); g: the part absorbed into the kernel.
     # The solution's potentials differ by at most lamb * (largest row range of the
     # logits) - log(smallest weight): beyond that a cluster gets less than its weight

@@ -164,6 +164,77 @@ def test_restore_is_the_default_and_leaves_the_estimator_unfitted(X):
     assert not hasattr(model, "net_") and not hasattr(model, "labels_")
 
 
+def test_the_keep_warning_points_at_the_callers_line(X):
+    # fit_predict calls fit from scikit-learn's ClusterMixin: the warning must still name
+    # the line that called fit_predict, not a line inside a library.
+    with pytest.warns(UserWarning, match="on_interrupt='keep'") as record:
+        interrupted(2 * BATCHES_PER_EPOCH + 2, on_interrupt="keep").fit_predict(X)
+    assert [warning.filename for warning in record] == [__file__]
+
+
+def test_a_kept_interrupted_fit_ends_training_once(X, monkeypatch):
+    from sklearn_selflabel._net import SelfLabelNet
+
+    calls = []
+    original = SelfLabelNet.on_train_end
+    monkeypatch.setattr(
+        SelfLabelNet,
+        "on_train_end",
+        lambda net, *args, **kwargs: calls.append(1) or original(net, *args, **kwargs),
+    )
+    with pytest.warns(UserWarning, match="on_interrupt='keep'"):
+        interrupted(2 * BATCHES_PER_EPOCH + 2, on_interrupt="keep", propagation=True).fit(X)
+    assert len(calls) == 1
+
+
+class FailingEncoder(MLPEncoder):
+    """The default encoder; once armed, its ``fail_at``-th training batch raises ``error``."""
+
+    n_training_batches = 0
+    fail_at: int | None = None
+    error: type[BaseException] = KeyboardInterrupt
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__(n_features, (16,), 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = type(self)
+        if self.training and cls.fail_at is not None:
+            cls.n_training_batches += 1
+            if cls.n_training_batches == cls.fail_at:
+                raise cls.error("in a training batch")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("label_mode", ["offline", "online"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_failed_partial_fit_leaves_the_estimator_as_it_was(X, label_mode, error, monkeypatch):
+    model = small(module=FailingEncoder, label_mode=label_mode, queue_size=64)
+    model.partial_fit(X[:75])
+    before = {
+        "weights": {k: v.clone() for k, v in model.net_.module_.state_dict().items()},
+        "labels": model.labels_.copy(),
+        "offsets": model.logit_offsets_.copy(),
+        "predict": model.predict(X),
+        "n_iter": model.n_iter_,
+    }
+    monkeypatch.setattr(FailingEncoder, "fail_at", 2)
+    monkeypatch.setattr(FailingEncoder, "n_training_batches", 0)
+    monkeypatch.setattr(FailingEncoder, "error", error)
+    # Ctrl-C reaches the caller, so that a streaming loop stops.
+    with pytest.raises(error):
+        model.partial_fit(X[75:])
+    for name, value in model.net_.module_.state_dict().items():
+        assert torch.equal(value, before["weights"][name]), name
+    np.testing.assert_array_equal(model.labels_, before["labels"])
+    np.testing.assert_array_equal(model.logit_offsets_, before["offsets"])
+    np.testing.assert_array_equal(model.predict(X), before["predict"])
+    assert model.n_iter_ == before["n_iter"] == len(model.net_.history)
+    # The next call trains on as if the failed one had never been made.
+    monkeypatch.setattr(FailingEncoder, "fail_at", None)
+    assert model.partial_fit(X[75:]).n_iter_ == 2
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 CRASHING_FIT = """

@@ -1,6 +1,12 @@
 """Scale: online label mode, partial_fit, out-of-core inputs, bounded inference, accelerate."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,6 +288,30 @@ def test_single_process_accelerator_trains_like_the_plain_net(blobs, label_mode)
     assert type(accelerated.net_).__name__.startswith("Accelerated")
     np.testing.assert_array_equal(accelerated.labels_, plain.labels_)
     np.testing.assert_allclose(accelerated.transform(X), plain.transform(X), rtol=1e-5)
+
+
+def test_two_processes_train_one_model_in_either_label_mode(tmp_path):
+    # A real data-parallel fit: two CPU processes under torchrun, gloo, DDP-wrapped modules.
+    pytest.importorskip("accelerate")
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    script = Path(__file__).with_name("distributed_fit.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "localhost", "--master_port", str(port), str(script)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [*command, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert [rank["n_processes"] for rank in ranks] == [2, 2]
+    for label_mode in ("offline", "online"):
+        first, second = (rank[label_mode] for rank in ranks)
+        # One model: the same weights and labels in both processes, and the blobs found.
+        assert first["weights"] == second["weights"]
+        assert first["labels"] == second["labels"]
+        assert first["accuracy"] > 0.95
 
 
 def test_accelerator_settings_are_checked(blobs):

@@ -433,3 +433,13 @@ def test_log_records_each_iteration():
     res = sinkhorn_equipartition(logits, lamb=25.0, max_iter=3, tol=1e-12)
     assert res.n_iter == 3 and not res.converged
     assert res.log.shape == (3,) and res.log[-1] == res.marginal_error
+
+
+def test_without_newton_the_same_problem_is_solved_by_sinkhorn_alone():
+    # A confident network: Newton converges in a few steps where Sinkhorn crawls.
+    logits = np.random.default_rng(3).normal(scale=4.0, size=(3000, 10)).astype(np.float32)
+    hybrid = sinkhorn_equipartition(logits, lamb=25.0, tol=1e-4)
+    sinkhorn_only = sinkhorn_equipartition(logits, lamb=25.0, tol=1e-4, newton=False)
+    assert hybrid.converged and sinkhorn_only.converged
+    assert sinkhorn_only.n_iter > hybrid.n_iter
+    assert np.mean(hybrid.labels == sinkhorn_only.labels) > 0.99
