@@ -77,10 +77,7 @@ class ConvEncoder(nn.Module):
     embedding_dim : int
         Size of the embedding returned by ``forward``.
     pooled_size : int
-        Side of the grid. ``1`` is global average pooling, which keeps what the features are
-        but not where; a 3 x 3 grid keeps the coarse layout (top, middle, bottom; left,
-        right) that tells digits apart. On MNIST-test (28 x 28, a 7 x 7 last map; two seeds)
-        clustering accuracy was 0.91 with 1, 0.96 with 2, 0.97 with 3 and 0.96 with 4.
+        Side of the grid; ``1`` is global average pooling.
     """
 
     def __init__(
