@@ -18,7 +18,14 @@ from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelModu
 
 def build_module(network: NetworkSettings, X) -> SelfLabelModule:
     """The network ``h ∘ Φ`` for the rows ``X``, with their standardisation and views."""
-    n_features = X.shape[1]
+    mean, scale = feature_mean_and_scale(X, network.image_shape)
+    return module_for(network, X.shape[1], mean, scale)
+
+
+def module_for(
+    network: NetworkSettings, n_features: int, mean: np.ndarray, scale: np.ndarray
+) -> SelfLabelModule:
+    """The network ``h ∘ Φ`` for rows of ``n_features`` standardised by ``mean`` and ``scale``."""
     if network.module is not None:
         encoder = network.module(n_features=n_features, **network.module_params)
         if not isinstance(encoder, nn.Module):
@@ -28,7 +35,6 @@ def build_module(network: NetworkSettings, X) -> SelfLabelModule:
     else:
         encoder = MLPEncoder(n_features, network.hidden_layer_sizes, network.embedding_dim)
     embedding_dim = _output_size(encoder, n_features)
-    mean, scale = feature_mean_and_scale(X, network.image_shape)
     if network.image_shape is None:
         augment = TabularAugment(network.augment_strength)
     else:
@@ -73,7 +79,7 @@ def build_net(
         # skorch's AccelerateMixin prints through accelerator.print whatever verbose says.
         sink = accelerator.print if settings.verbose >= 2 else print
         accelerated = {"accelerator": accelerator, "callbacks__print_log__sink": sink}
-    return settings.labels.net_class(accelerator is not None)(
+    net = settings.labels.net_class(accelerator is not None)(
         module=module,
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
@@ -89,6 +95,9 @@ def build_net(
         verbose=int(settings.verbose >= 2),  # skorch's per-epoch table
         **accelerated,
     )
+    # What the net was built from, so that a saved model can be built again.
+    net.build_settings_ = settings
+    return net
 
 
 def _output_size(encoder: nn.Module, n_features: int) -> int:

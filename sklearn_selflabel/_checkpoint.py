@@ -22,17 +22,15 @@ import torch
 from skorch.callbacks import Callback
 from skorch.history import History
 
+from ._archive import ArchiveError, read_archive, write_archive
 from ._data import dense_rows
 from ._files import write_atomically
+from .propagation import InvariancePropagation
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.selflabel"
 # Bumped whenever the layout of the state changes, so that an old checkpoint is refused
 # with a clear message rather than half-loaded.
-_FORMAT = 1
-# Attributes of the net that hold training state beyond the module and the optimizer: those
-# that a fitted model keeps, and training buffers that it drops.
-_NET_ATTRIBUTES = ("label_table_",)
-_TRAINING_BUFFERS = ("propagation_",)
+_FORMAT = 2
 # Rows hashed into a checkpoint's fingerprint of the training data.
 _FINGERPRINT_ROWS = 64
 
@@ -99,17 +97,12 @@ def training_state(net) -> dict:
     label_step = dict(net.callbacks_)["label_step"]
     device = torch.device(net.device)
     state = {
-        "format": _FORMAT,
         "module": net.module_.state_dict(),
         "optimizer": net.optimizer_.state_dict(),
         "history": list(net.history),
-        "net": {name: getattr(net, name, None) for name in _NET_ATTRIBUTES + _TRAINING_BUFFERS},
-        # Fitted attributes of the label step (sklearn's trailing-underscore convention).
-        "label_step": {
-            name: value
-            for name, value in vars(label_step).items()
-            if name.endswith("_") and not name.startswith("_")
-        },
+        "net": {"label_table_": getattr(net, "label_table_", None)},
+        "propagation": None if net.propagation_ is None else net.propagation_.state_dict(),
+        "label_step": label_step.state_dict(),
         "batch_order_rng": net.iterator_train__rng.bit_generator.state,
         # numpy, so that map_location never moves a generator state off the CPU
         "torch_rng": torch.get_rng_state().numpy(),
@@ -129,9 +122,10 @@ def restore_training_state(net, state: dict, *, buffers: bool = True) -> None:
     net.module_.load_state_dict(state["module"])
     net.optimizer_.load_state_dict(state["optimizer"])
     net.history_ = History(state["history"])
-    for name in _NET_ATTRIBUTES + (_TRAINING_BUFFERS if buffers else ()):
-        setattr(net, name, state["net"][name])
-    vars(dict(net.callbacks_)["label_step"]).update(state["label_step"])
+    net.label_table_ = state["net"]["label_table_"]
+    if buffers and state["propagation"] is not None:
+        net.propagation_ = InvariancePropagation.from_state_dict(state["propagation"])
+    dict(net.callbacks_)["label_step"].load_state_dict(state["label_step"], net.device)
     net.iterator_train__rng.bit_generator.state = state["batch_order_rng"]
 
 
@@ -145,21 +139,25 @@ def restore_torch_rng(state: dict, device: torch.device) -> None:
 def dump_state(state: dict) -> bytes:
     """``state`` serialised, which also copies it away from the live tensors."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    write_archive(buffer, "checkpoint", _FORMAT, state)
     return buffer.getvalue()
 
 
 def load_state(blob: bytes, device: torch.device | str) -> dict:
     """A state serialised by ``dump_state``, its tensors on ``device``.
 
-    A checkpoint is a pickle: load only checkpoints that you wrote yourself.
+    Reading a checkpoint runs no code from it (see ``_archive``).
+
+    Raises
+    ------
+    ValueError
+        If ``blob`` is not a checkpoint of this version of sklearn-selflabel.
     """
-    state = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise ValueError(
-            "the checkpoint was written by another version of sklearn-selflabel; start over "
-            "with warm_start=False."
-        )
+    name = "the checkpoint in checkpoint_dir"
+    try:
+        _, state = read_archive(blob, "checkpoint", _FORMAT, device, name=name)
+    except ArchiveError as exc:
+        raise ValueError(f"{exc}; start over with warm_start=False.") from None
     return state
 
 

@@ -32,3 +32,10 @@ def write_atomically(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def plain_mode() -> int:
+    """The mode that a plain ``open()`` gives a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -177,6 +177,13 @@ class LabelStep(Callback):
         net.label_table_ = torch.from_numpy(labels).to(net.device)
         self.solver_state_ = None
 
+    def state_dict(self) -> dict:
+        """The label step's state between epochs: the solver's warm start."""
+        return {"solver_state": getattr(self, "solver_state_", None)}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        self.solver_state_ = state["solver_state"]
+
     def repartition_epoch(self) -> int | None:
         """The first label step that aims at estimated sizes: the one that re-partitions."""
         if self.estimate_sizes_from is None:

@@ -215,6 +215,22 @@ class QueuedSinkhorn:
         self._enqueue(logits)
         return labels
 
+    def state_dict(self) -> dict:
+        """The queue and the carried column scalings (tensors; their references)."""
+        return {
+            "queue": self.queue,
+            "n_queued": self.n_queued,
+            "write_at": self.write_at,
+            "log_scaling": self.log_scaling,
+            "marginal_error": self.marginal_error,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queue = state["queue"].to(self.queue.device)
+        self.n_queued, self.write_at = state["n_queued"], state["write_at"]
+        self.log_scaling = state["log_scaling"].to(self.queue.device)
+        self.marginal_error = state["marginal_error"].to(self.queue.device)
+
     def _enqueue(self, logits: torch.Tensor) -> None:
         capacity = self.queue.shape[1]
         logits = logits[:, -capacity:]
@@ -281,15 +297,32 @@ class OnlineLabelStep(Callback):
 
     def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
         if self.sinkhorn_ is None:
-            self.sinkhorn_ = QueuedSinkhorn(
-                self.n_heads,
-                self.n_clusters,
-                queue_size=self.queue_size,
-                lamb=self.lamb,
-                n_iter=self.n_iter,
-                device=_module_device(net.module_),
-                reduce=self.reduce,
-            )
+            self.sinkhorn_ = self._solver(_module_device(net.module_))
+
+    def _solver(self, device) -> QueuedSinkhorn:
+        return QueuedSinkhorn(
+            self.n_heads,
+            self.n_clusters,
+            queue_size=self.queue_size,
+            lamb=self.lamb,
+            n_iter=self.n_iter,
+            device=device,
+            reduce=self.reduce,
+        )
+
+    def state_dict(self) -> dict:
+        """The state that carries over between epochs and ``partial_fit`` calls."""
+        return {
+            "head_losses": self.head_losses_,
+            "sinkhorn": None if self.sinkhorn_ is None else self.sinkhorn_.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict, device) -> None:
+        self.head_losses_ = state["head_losses"]
+        self.sinkhorn_ = None
+        if state["sinkhorn"] is not None:
+            self.sinkhorn_ = self._solver(device)
+            self.sinkhorn_.load_state_dict(state["sinkhorn"])
 
     def on_epoch_begin(self, net, **kwargs) -> None:
         device = _module_device(net.module_)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import os
 import sys
 import warnings
 import zipfile
@@ -21,7 +20,9 @@ from typing import BinaryIO
 import joblib
 import numpy as np
 
-from ._files import write_atomically
+from ._archive import looks_like_a_pickle
+from ._files import plain_mode, write_atomically
+from ._persistence import load
 from .clusterer import SelfLabelingClusterer
 
 PROG = "sklearn-selflabel"
@@ -112,7 +113,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_io_options(fit)
     fit.add_argument(
-        "--save", type=Path, metavar="MODEL", help="save the fitted model here (joblib file)"
+        "--save",
+        type=Path,
+        metavar="MODEL",
+        help="save the fitted model here (a model file that loading cannot run code from)",
     )
     fit.add_argument(
         "--max-epochs",
@@ -181,12 +185,25 @@ def _build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="write the clusters of a data file under a saved model",
-        description="Predict the cluster of each row of DATA with a model saved by 'fit --save'. "
-        "A model file is a pickle: load only files you trust.",
+        description="Predict the cluster of each row of DATA with a model saved by 'fit --save' "
+        "(or SelfLabelingClusterer.save). Reading a model file runs no code from it.",
     )
     predict.add_argument("model", type=Path, metavar="MODEL", help="model file from 'fit --save'")
     predict.add_argument(
         "data", type=Path, metavar="DATA", help="data file with the model's features, in order"
+    )
+    predict.add_argument(
+        "--trust-module",
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:CLASS",
+        help="import this custom encoder class that the model names (importing runs its code)",
+    )
+    predict.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="accept a pickle (joblib) model file from an earlier version; unpickling runs "
+        "whatever code the file holds: only for files you trust",
     )
     _add_io_options(predict)
     predict.set_defaults(run=_run_predict)
@@ -250,7 +267,10 @@ def _run_fit(args: argparse.Namespace) -> None:
             raise CLIError(f"fit failed: {exc}") from None
     _write_labels(model.labels_, args.output)
     if args.save is not None:
-        _atomic_write(args.save, lambda file: joblib.dump(model, file))
+        try:
+            model.save(args.save)
+        except OSError as exc:
+            raise CLIError(f"{args.save}: cannot write: {exc.strerror or exc}") from None
     if not args.quiet:
         sizes = np.bincount(model.labels_, minlength=model.n_clusters)
         print(
@@ -263,7 +283,7 @@ def _run_fit(args: argparse.Namespace) -> None:
 
 def _run_predict(args: argparse.Namespace) -> None:
     _check_output_dir(args.output)
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.trust_module, args.trust_pickle)
     X = _load_data(args.data, args.columns)
     if X.shape[1] != model.n_features_in_:
         raise CLIError(
@@ -283,15 +303,29 @@ def _image_shape(shape: list[int], n_features: int) -> tuple[int, int]:
     return height, width
 
 
-def _load_model(path: Path) -> SelfLabelingClusterer:
+def _load_model(path: Path, trusted: list[str], trust_pickle: bool) -> SelfLabelingClusterer:
     if not path.is_file():
         raise CLIError(f"{path}: no such file")
-    try:
-        model = joblib.load(path)
-    except Exception as exc:  # unpickling arbitrary bytes can raise almost any exception
-        raise CLIError(
-            f"{path}: cannot load a model from this file ({type(exc).__name__}: {exc})"
-        ) from None
+    if trust_pickle and looks_like_a_pickle(path):
+        try:
+            model = joblib.load(path)
+        except Exception as exc:  # unpickling arbitrary bytes can raise almost any exception
+            raise CLIError(
+                f"{path}: cannot load a model from this file ({type(exc).__name__}: {exc})"
+            ) from None
+    else:
+        try:
+            model = load(path, trusted=trusted)
+        except ValueError as exc:
+            hint = ""
+            if looks_like_a_pickle(path):
+                hint = (
+                    "; if you trust it, pass --trust-pickle, or load it and save it again "
+                    "with SelfLabelingClusterer.save"
+                )
+            raise CLIError(f"{exc}{hint}") from None
+        except (ImportError, AttributeError) as exc:
+            raise CLIError(f"{path}: cannot import the model's module: {exc}") from None
     if not (isinstance(model, SelfLabelingClusterer) and model.__sklearn_is_fitted__()):
         raise CLIError(
             f"{path}: holds a {type(model).__name__}, not a fitted SelfLabelingClusterer"
@@ -471,10 +505,8 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     A failure at any point leaves ``path`` as it was (absent or the previous version) and
     removes the temporary file.
     """
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        write_atomically(path, write, mode=0o666 & ~umask)
+        write_atomically(path, write, mode=plain_mode())
     except OSError as exc:
         raise CLIError(f"{path}: cannot write: {exc.strerror or exc}") from None
 

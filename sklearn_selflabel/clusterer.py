@@ -30,6 +30,7 @@ from torch import nn
 from ._dask import is_dask_array, map_row_blocks
 from ._data import check_out_of_core, is_out_of_core
 from ._inference import METHODS, information_score, method_outputs
+from ._persistence import save_model
 from ._settings import resolve_settings
 from ._training import FittedModel, Interruption, fit_initialisations, train_chunk
 
@@ -550,6 +551,24 @@ class SelfLabelingClusterer(
         check_is_fitted(self)
         rows = self._check_rows(X, reset=False)
         return information_score(self.net_, rows, self.best_head_, self.logit_offsets_)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted model to ``path``, in a file that loading cannot run code from.
+
+        The file holds the parameters, the fitted attributes and the network's weights and
+        training state as JSON and arrays (the format is described in the user guide); read
+        it with :func:`sklearn_selflabel.load`. A custom ``module`` class is recorded by its
+        import path, so it must be importable where the file is loaded, and the loader must
+        trust it. An ``accelerator`` is not saved, nor a ``RandomState`` instance as
+        ``random_state`` (both load as None). The file is written atomically.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Where to write; an existing file is replaced.
+        """
+        check_is_fitted(self)
+        save_model(self, path)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

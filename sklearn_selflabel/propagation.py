@@ -238,6 +238,29 @@ class InvariancePropagation:
         self.n_negatives = n_negatives
         self.generator = generator
 
+    def state_dict(self) -> dict:
+        """The bank, the positives, the settings and the negatives' random state."""
+        return {
+            "bank": self.bank,
+            "positives": self.positives,
+            "label_weight": self.label_weight,
+            "contrast_weight": self.contrast_weight,
+            "temperature": self.temperature,
+            "momentum": self.momentum,
+            "n_negatives": self.n_negatives,
+            "generator": self.generator.get_state(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> InvariancePropagation:
+        """The propagation of ``state_dict()``, on the device of its bank."""
+        generator = torch.Generator(device=state["bank"].device)
+        generator.set_state(state["generator"].cpu())
+        settings = {k: v for k, v in state.items() if k not in ("bank", "positives", "generator")}
+        propagation = cls(state["bank"], state["positives"], generator=generator, **settings)
+        propagation.bank = state["bank"]  # as it was: normalising it again would round it
+        return propagation
+
     def training_term(
         self,
         embedding: torch.Tensor,

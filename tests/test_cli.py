@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from sklearn_selflabel import SelfLabelingClusterer, cli
+from sklearn_selflabel import SelfLabelingClusterer, _archive, cli, load
 from sklearn_selflabel.cli import main
 
 TINY = [
@@ -39,7 +39,7 @@ def fitted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fitted")
     X, _ = make_blobs(n_samples=N_SAMPLES, centers=3, n_features=N_FEATURES, random_state=0)
     data = write_csv(folder / "data.csv", X, ["a", "b", "c", "d"])
-    labels, model = folder / "labels.csv", folder / "model.joblib"
+    labels, model = folder / "labels.csv", folder / "model.selflabel"
     argv = ["fit", str(data), "--n-clusters", str(N_CLUSTERS), *TINY, "-q"]
     assert main([*argv, "-o", str(labels), "--save", str(model)]) == 0
     return SimpleNamespace(X=X, data=data, labels=labels, model=model)
@@ -60,7 +60,7 @@ def test_fit_writes_one_label_per_row_and_a_loadable_model(fitted):
     labels = read_labels(fitted.labels)
     assert labels.shape == (N_SAMPLES,)
     assert set(labels.tolist()) <= set(range(N_CLUSTERS))
-    model = joblib.load(fitted.model)
+    model = load(fitted.model)
     assert isinstance(model, SelfLabelingClusterer)
     assert model.n_features_in_ == N_FEATURES and model.embedding_dim_ == 8
     np.testing.assert_array_equal(model.labels_, labels)
@@ -206,16 +206,31 @@ ERROR_CASES = {
     "data file as model": (
         {"x.csv": "a,b,c,d\n1,2,3,4\n"},
         ["predict", "{dir}/x.csv", "{dir}/x.csv"],
-        ["cannot load a model from this file"],
+        ["x.csv: is not a zip archive, not a sklearn-selflabel model file"],
     ),
-    "other object as model": (
-        {"m.joblib": Pickled({"not": "a model"}), "x.csv": "a,b,c,d\n1,2,3,4\n"},
-        ["predict", "{dir}/m.joblib", "{dir}/x.csv"],
-        ["holds a dict, not a fitted SelfLabelingClusterer"],
+    "empty model file": (
+        {"m.selflabel": b"", "x.csv": "a,b,c,d\n1,2,3,4\n"},
+        ["predict", "{dir}/m.selflabel", "{dir}/x.csv"],
+        ["m.selflabel: is empty"],
     ),
-    "unfitted model": (
+    "truncated model file": (
+        {"m.selflabel": "TRUNCATED", "x.csv": "a,b,c,d\n1,2,3,4\n"},
+        ["predict", "{dir}/m.selflabel", "{dir}/x.csv"],
+        ["m.selflabel: is damaged or truncated"],
+    ),
+    "pickle as model": (
         {"m.joblib": Pickled(SelfLabelingClusterer()), "x.csv": "a,b,c,d\n1,2,3,4\n"},
         ["predict", "{dir}/m.joblib", "{dir}/x.csv"],
+        ["is a pickle (or joblib) file, which can run code when loaded", "--trust-pickle"],
+    ),
+    "trusted pickle of another object": (
+        {"m.joblib": Pickled({"not": "a model"}), "x.csv": "a,b,c,d\n1,2,3,4\n"},
+        ["predict", "{dir}/m.joblib", "{dir}/x.csv", "--trust-pickle"],
+        ["holds a dict, not a fitted SelfLabelingClusterer"],
+    ),
+    "trusted pickle of an unfitted model": (
+        {"m.joblib": Pickled(SelfLabelingClusterer()), "x.csv": "a,b,c,d\n1,2,3,4\n"},
+        ["predict", "{dir}/m.joblib", "{dir}/x.csv", "--trust-pickle"],
         ["holds a SelfLabelingClusterer, not a fitted"],
     ),
     "more clusters than rows": (
@@ -241,7 +256,7 @@ ERROR_CASES = {
 }
 
 
-def _create(path: Path, content) -> None:
+def _create(path: Path, content, model: Path) -> None:
     if isinstance(content, dict):
         np.savez(path, **content)
     elif isinstance(content, np.ndarray):
@@ -250,6 +265,9 @@ def _create(path: Path, content) -> None:
         joblib.dump(content.value, path)
     elif isinstance(content, bytes):
         path.write_bytes(content)
+    elif content == "TRUNCATED":  # the first half of a real model file
+        whole = model.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
     else:
         path.write_text(content)
 
@@ -259,7 +277,7 @@ def _create(path: Path, content) -> None:
 def test_bad_input_gives_one_error_line_and_exit_2(case, fitted, tmp_path, capsys):
     files, argv, fragments = ERROR_CASES[case]
     for name, content in files.items():
-        _create(tmp_path / name, content)
+        _create(tmp_path / name, content, fitted.model)
     argv = [arg.format(dir=tmp_path, model=fitted.model) for arg in argv]
     before = set(tmp_path.iterdir())
     assert main(argv) == 2
@@ -291,12 +309,12 @@ def test_image_shape_fits_an_image_model(tmp_path):
     X = rng.random((40, 16)).astype(np.float32)
     data = tmp_path / "images.npy"
     np.save(data, X)
-    out, model = tmp_path / "labels.csv", tmp_path / "model.joblib"
+    out, model = tmp_path / "labels.csv", tmp_path / "model.selflabel"
     argv = ["fit", str(data), "--n-clusters", "2", "--image-shape", "4", "4", "-q"]
     tiny = ["--embedding-dim", "8", "--n-heads", "2", "--batch-size", "16", "--max-epochs", "2"]
     options = ["--n-init", "3", "--cluster-sizes", "equal"]
     assert main([*argv, *tiny, *options, "-o", str(out), "--save", str(model)]) == 0
-    fitted = joblib.load(model)
+    fitted = load(model)
     assert fitted.image_shape == (4, 4)
     assert fitted.n_init == 3 and fitted.init_scores_.shape == (3,)
     assert fitted.cluster_sizes == "equal"
@@ -311,7 +329,7 @@ def test_failed_label_write_leaves_no_file(fitted, tmp_path, monkeypatch, capsys
     def failing_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     assert main(["predict", str(fitted.model), str(fitted.data), "-o", str(out)]) == 2
     assert_one_error_line(capsys, "labels.csv: cannot write: No space left on device")
     assert out.read_text() == "previous labels\n"  # the old file is intact
@@ -319,16 +337,17 @@ def test_failed_label_write_leaves_no_file(fitted, tmp_path, monkeypatch, capsys
 
 
 def test_model_write_failing_midway_leaves_no_file(fitted, tmp_path, monkeypatch, capsys):
-    model = tmp_path / "model.joblib"
+    model = tmp_path / "model.selflabel"
+    write = _archive.write_archive
 
-    def failing_dump(value, file):
-        file.write(b"half a pickle")
+    def failing_write(file, *args):
+        write(file, *args)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli.joblib, "dump", failing_dump)
+    monkeypatch.setattr(_archive, "write_archive", failing_write)
     argv = ["fit", str(fitted.data), "--n-clusters", "3", *TINY, "-q", "--save", str(model)]
     assert main([*argv, "-o", str(tmp_path / "labels.csv")]) == 2
-    assert_one_error_line(capsys, "model.joblib: cannot write: No space left on device")
+    assert_one_error_line(capsys, "model.selflabel: cannot write: No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"]
 
 

@@ -282,16 +282,18 @@ def crash_a_fit(X, tmp_path: Path, crash_at: int, params: dict) -> Path:
     return checkpoint_dir
 
 
-def test_a_killed_fit_resumes_from_its_checkpoint_as_if_never_killed(X, tmp_path):
-    params = dict(SMALL)
+@pytest.mark.parametrize("propagation", [False, True])
+def test_a_killed_fit_resumes_from_its_checkpoint_as_if_never_killed(X, tmp_path, propagation):
+    params = dict(SMALL, propagation=propagation)
     checkpoint_dir = crash_a_fit(X, tmp_path, 3 * BATCHES_PER_EPOCH + 2, params)
     # Killed in epoch 4: the checkpoint holds the three completed epochs, and no stray file.
     assert [p.name for p in checkpoint_dir.iterdir()] == [CHECKPOINT_NAME]
     assert len(load_state(read_checkpoint(checkpoint_dir), "cpu")["history"]) == 3
 
-    resumed = small(checkpoint_dir=checkpoint_dir, warm_start=True).fit(X)
+    resumed = small(checkpoint_dir=checkpoint_dir, warm_start=True, propagation=propagation)
+    resumed.fit(X)
     assert resumed.n_iter_ == 6 and len(resumed.net_.history) == 6
-    never_killed = small().fit(X)
+    never_killed = small(propagation=propagation).fit(X)
     # Every piece of state came back (weights, optimizer, labels, solver, memory bank, random
     # states): the resumed fit is the uninterrupted one.
     for key in ("train_loss", "labels_changed", "min_cluster_size", "max_cluster_size"):
