@@ -13,11 +13,114 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.utils.sparsefuncs import mean_variance_axis
+from sklearn.utils.validation import validate_data
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 # Rows per chunk of the passes that check or summarise a whole out-of-core input: about 8 MB of
 # float64 for 128 features, small next to the data and large enough to amortise each read.
 _CHUNK_ROWS = 8192
+_INPUT_DTYPES = [np.float32, np.float64]
+# The network computes in float32 and first subtracts each feature's mean: magnitudes up to
+# half of float32's largest value keep that difference finite.
+_LARGEST_INPUT = float(np.finfo(np.float32).max) / 2
+
+
+def check_rows(estimator, X, *, reset: bool, ensure_min_samples: int = 1):
+    """The estimator's input checks, in one place: ``validate_data`` (out-of-core inputs chunk
+    by chunk), and what the network needs besides: numbers only, within float32's range.
+
+    Raises
+    ------
+    ValueError
+        On anything the estimator cannot use, with a message that names the problem.
+    """
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):
+        _check_frame_columns(X)
+    if is_out_of_core(X):
+        check_out_of_core(X, ensure_min_samples=ensure_min_samples)
+        validate_data(estimator, X, skip_check_array=True, reset=reset)
+        return X
+    try:
+        X = validate_data(
+            estimator,
+            X,
+            accept_sparse="csr",
+            dtype=_INPUT_DTYPES,
+            reset=reset,
+            ensure_min_samples=ensure_min_samples,
+        )
+    except ValueError as exc:
+        if "could not convert string to float" in str(exc):
+            raise ValueError(
+                f"X holds text ({exc}); the estimator needs numbers: encode text and "
+                "categories first, e.g. with TfidfVectorizer or OneHotEncoder in a Pipeline."
+            ) from None
+        raise
+    _check_magnitude(X.data if sp.issparse(X) else X)
+    return X
+
+
+def _check_frame_columns(frame) -> None:
+    """Refuse data-frame columns that are not numbers, by name (categories, text, dates)."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    bad = {
+        str(name): str(dtype)
+        for name, dtype in frame.dtypes.items()
+        if not (is_numeric_dtype(dtype) or is_bool_dtype(dtype)) or str(dtype) == "category"
+    }
+    if bad:
+        described = ", ".join(f"{name!r} ({dtype})" for name, dtype in list(bad.items())[:5])
+        raise ValueError(
+            f"X has columns that are not numbers: {described}"
+            + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            + ". Encode them first, e.g. with OneHotEncoder (categories) or OrdinalEncoder in "
+            "a ColumnTransformer, or drop them."
+        )
+
+
+def _check_magnitude(values: np.ndarray) -> None:
+    if values.dtype.kind != "f" or values.size == 0:
+        return
+    flat = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(-1, 1)
+    largest = max(float(np.abs(part).max()) for part in _row_chunks(flat))
+    if largest > _LARGEST_INPUT:
+        raise ValueError(
+            f"X holds values of magnitude {largest:.3g}, beyond what the network computes "
+            f"with (float32, up to {_LARGEST_INPUT:.2g} here); rescale X, e.g. with "
+            "StandardScaler or a log transform."
+        )
+
+
+def _row_chunks(X) -> Iterator[np.ndarray]:
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        yield X[start : start + _CHUNK_ROWS]
+
+
+def count_distinct_rows(X, at_least: int) -> int:
+    """Distinct rows of ``X`` as the network sees them (float32), counted until ``at_least``.
+
+    Reading stops once ``at_least`` distinct rows are seen, which is the first chunk for
+    almost any data; only degenerate data are read whole.
+    """
+    seen: set[bytes] = set()
+    if sp.issparse(X):  # row by row from the CSR arrays: a dense chunk could be huge
+        for start in range(0, X.shape[0], _CHUNK_ROWS):
+            chunk = sp.csr_matrix(X[start : start + _CHUNK_ROWS], dtype=np.float32, copy=True)
+            chunk.sum_duplicates()  # canonical: sorted indices, no index twice
+            chunk.eliminate_zeros()
+            for lo, hi in zip(chunk.indptr[:-1], chunk.indptr[1:], strict=True):
+                seen.add(chunk.indices[lo:hi].tobytes() + chunk.data[lo:hi].tobytes())
+            if len(seen) >= at_least:
+                break
+        return len(seen)
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        rows = dense_rows(X, start, start + _CHUNK_ROWS) + np.float32(0.0)  # -0.0 is 0.0
+        as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))
+        seen.update(np.unique(as_bytes.ravel()).tolist())
+        if len(seen) >= at_least:
+            break
+    return len(seen)
 
 
 def dense_rows(X, start: int | None = None, stop: int | None = None, index=None) -> np.ndarray:
@@ -100,13 +203,15 @@ def check_out_of_core(X, *, ensure_min_samples: int = 1) -> None:
     Raises
     ------
     ValueError
-        As ``check_row_layout``, or if a value is NaN or infinite.
+        As ``check_row_layout``, or if a value is NaN, infinite or beyond float32's range.
     """
     check_row_layout(X, ensure_min_samples=ensure_min_samples)
     if X.dtype.kind == "f":
-        for start in range(0, X.shape[0], _CHUNK_ROWS):
-            if not np.isfinite(dense_rows(X, start, start + _CHUNK_ROWS)).all():
+        for chunk in _row_chunks(X):
+            chunk = np.asarray(chunk)
+            if not np.isfinite(chunk).all():
                 raise ValueError("Input X contains NaN or infinity.")
+            _check_magnitude(chunk.astype(np.float64, copy=False))
 
 
 def column_mean_and_variance(X) -> tuple[np.ndarray, np.ndarray]:

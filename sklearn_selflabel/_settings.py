@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from ._data import count_distinct_rows
 from ._label_mode import LabelMode
 from ._offline import OfflineLabels
 from ._online import OnlineLabels
@@ -104,6 +105,12 @@ def resolve_settings(
     n_samples, n_features = X.shape
     if est.n_clusters > n_samples:
         raise ValueError(f"n_samples={n_samples} should be >= n_clusters={est.n_clusters}.")
+    n_distinct = count_distinct_rows(X, at_least=est.n_clusters)
+    if n_distinct < est.n_clusters:
+        raise ValueError(
+            f"X holds only {n_distinct} distinct row(s), fewer than n_clusters="
+            f"{est.n_clusters}: no clustering can put them in {est.n_clusters} clusters."
+        )
     if chunk and est.accelerator is not None:
         raise ValueError("partial_fit does not support an accelerator; use fit.")
     online = est.label_mode == "online"

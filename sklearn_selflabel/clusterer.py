@@ -23,18 +23,17 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._dask import is_dask_array, map_row_blocks
-from ._data import check_out_of_core, is_out_of_core
+from ._data import check_rows
 from ._inference import METHODS, information_score, method_outputs
 from ._persistence import save_model
 from ._settings import resolve_settings
 from ._training import FittedModel, Interruption, fit_initialisations, train_chunk
-
-_INPUT_DTYPES = [np.float32, np.float64]
 
 
 class SelfLabelingClusterer(
@@ -403,6 +402,15 @@ class SelfLabelingClusterer(
             self.init_scores_ = result.init_scores
         if result.interruption is not None:
             _warn_interrupted(result.interruption)
+        n_empty = self.n_clusters - len(np.unique(self.labels_))
+        if n_empty:
+            warnings.warn(
+                f"{n_empty} of the n_clusters={self.n_clusters} clusters hold no training row: "
+                "the data do not support that many clusters (there are "
+                f"{len(self.labels_) / self.n_clusters:.1f} rows per cluster).",
+                ConvergenceWarning,
+                stacklevel=_stack_level_outside(("sklearn_selflabel.", "sklearn.")),
+            )
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -454,19 +462,7 @@ class SelfLabelingClusterer(
         vars(self).update(model.attributes())
 
     def _check_rows(self, X, *, reset: bool, ensure_min_samples: int = 1):
-        """``validate_data``, except that out-of-core inputs are checked chunk by chunk."""
-        if is_out_of_core(X):
-            check_out_of_core(X, ensure_min_samples=ensure_min_samples)
-            validate_data(self, X, skip_check_array=True, reset=reset)
-            return X
-        return validate_data(
-            self,
-            X,
-            accept_sparse="csr",
-            dtype=_INPUT_DTYPES,
-            reset=reset,
-            ensure_min_samples=ensure_min_samples,
-        )
+        return check_rows(self, X, reset=reset, ensure_min_samples=ensure_min_samples)
 
     # ------------------------------------------------------------ inference
 
@@ -598,7 +594,7 @@ def _warn_interrupted(interruption: Interruption) -> None:
         f"fit was interrupted in epoch {done + 1} of {total}; the estimator is fitted from "
         f"the state after epoch {done}, the last completed one (on_interrupt='keep').",
         UserWarning,
-        stacklevel=_stack_level_outside(("sklearn_selflabel.", "sklearn.base")),
+        stacklevel=_stack_level_outside(("sklearn_selflabel.", "sklearn.")),
     )
 
 
