@@ -27,6 +27,9 @@ from ._online import OnlineLabels
 _MIN_IMAGE_STEPS = 960
 # n_init="auto" trains image fits of at most this many optimizer steps twice.
 _MAX_RESTART_STEPS = 1000
+# cluster_sizes="estimated" needs this many rows per cluster on average (twice the voters of
+# the neighbour vote); with fewer, the label steps aim at equal sizes.
+_MIN_ROWS_TO_ESTIMATE_SIZES = 20
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,10 @@ def resolve_settings(
             tol=est.sinkhorn_tol,
             max_iter=est.sinkhorn_max_iter,
             n_label_steps=est.n_label_steps,
-            cluster_sizes=est.cluster_sizes,
+            # The neighbour vote that estimates sizes needs clusters larger than its voters.
+            cluster_sizes="equal"
+            if n_samples < _MIN_ROWS_TO_ESTIMATE_SIZES * est.n_clusters
+            else est.cluster_sizes,
             batch_size=batch_size,
         )
     network = NetworkSettings(

@@ -107,6 +107,7 @@ class SelfLabelingClusterer(
         and the last one aim at the sizes that a vote of each row's 10 nearest neighbours in
         the embedding supports (at least half the equal share each). Offline mode only; a
         ``partial_fit`` chunk is labelled with equal sizes, its last step with estimated ones.
+        With fewer than 20 rows per cluster on average, the label steps aim at equal sizes.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular rows: Gaussian noise of this many standard
         deviations per feature, and each feature masked to its mean with probability

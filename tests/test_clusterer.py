@@ -133,6 +133,15 @@ def test_estimated_cluster_sizes_enter_training_from_half_the_label_schedule():
     assert table_size_error(fits["estimated"]) < 0.6 * table_size_error(fits["equal"])
 
 
+def test_few_rows_per_cluster_are_labelled_with_equal_sizes():
+    # Four rows per cluster: a vote of 10 neighbours cannot estimate such clusters' sizes
+    # (it merged them, ARI about 0.5), so the label steps keep the equipartition.
+    X, y = make_blobs(n_samples=[4] * 15, n_features=6, cluster_std=0.3, random_state=0)
+    model = small(n_clusters=15, n_heads=4, max_epochs=60, batch_size=16).fit(X)
+    assert dict(model.net_.callbacks_)["label_step"].estimate_sizes_from is None
+    assert adjusted_rand_score(y, model.labels_) == 1.0
+
+
 def test_first_estimated_step_gives_every_head_the_neighbour_link_partition():
     # Uneven blobs again: the equipartition phase mixes them; re-partitioning from the
     # embedding's neighbour links separates them, renamed to agree with each head's labels.
