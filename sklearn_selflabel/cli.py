@@ -67,15 +67,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error that argparse has already reported
         return int(exc.code or 0)
     try:
-        args.run(args)
+        with _warnings_as_lines():
+            args.run(args)
     except CLIError as exc:
-        message = " ".join(str(exc).split())  # one line, even for multi-line library messages
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())  # one line, even for multi-line library messages
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Show each warning as one line, ``sklearn-selflabel: warning: ...``, not as source."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 # ------------------------------------------------------------------------------------ parser

@@ -185,10 +185,10 @@ class SelfLabelingClusterer(
         Directory where ``fit`` saves, after every epoch, all that it needs to resume: the
         module, the optimizer, the history, the labels, the label step's solver state, the
         memory bank of ``propagation`` and the random states. The file
-        (``checkpoint.pt``, a pickle: load only your own) is replaced atomically, so a crash
-        at any moment leaves the previous epoch's checkpoint, and a resumed fit loses at most
-        the epoch in progress. It stays after the fit (the final state). Not supported with
-        ``accelerator``.
+        (``checkpoint.selflabel``, read without running code from it) is replaced atomically,
+        so a crash at any moment leaves the previous epoch's checkpoint, and a resumed fit
+        loses at most the epoch in progress. It stays after the fit (the final state). Not
+        supported with ``accelerator``.
     on_interrupt : {"restore", "keep"}, default="restore"
         What a ``KeyboardInterrupt`` (Ctrl-C) during ``fit`` leaves. ``"restore"``: the
         estimator as it was before ``fit`` (unfitted, or the previous fit), and the
