@@ -74,9 +74,13 @@ def propagate(neighbors: np.ndarray, n_hops: int) -> sp.csr_matrix:
     for _ in range(n_hops - 1):
         frontier = frontier @ links
         reachable = reachable + frontier
-    reachable = reachable.tolil()
-    reachable.setdiag(False)
-    reachable = reachable.tocsr()
+    reachable = reachable.tocoo()
+    off_diagonal = reachable.row != reachable.col
+    reachable = sp.csr_matrix(
+        (reachable.data[off_diagonal], (reachable.row[off_diagonal], reachable.col[off_diagonal])),
+        shape=(n_samples, n_samples),
+    )
+    reachable.sort_indices()
     reachable.eliminate_zeros()
     return reachable
 

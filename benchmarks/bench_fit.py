@@ -1,0 +1,199 @@
+"""Fit time and clustering accuracy per configuration, optionally beside another revision.
+
+Configurations: sklearn digits as flat rows and as 8 x 8 images, USPS and MNIST-test as
+images (from ``--data-dir``), and the online label mode on 10^5 rows (64-dim blobs, 100
+clusters, 4 epochs). Every fit runs in a child process of its own with ``--threads`` torch
+threads, the estimator's defaults and ``random_state=seed``; it reports the seconds of ``fit``
+alone (data loading and imports excluded) and ACC. With ``--compare REV``, the same fits also
+run from a checkout of the git revision ``REV`` (a temporary ``git worktree``), alternating
+with this working tree's fits so that both meet the same conditions. Writes
+``benchmarks/results/fit_speed.md``.
+
+    python benchmarks/bench_fit.py --data-dir ../shared/data --compare 7059056
+    python benchmarks/bench_fit.py --configs digits-flat digits-image --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "fit_speed.md"
+CONFIGS = {
+    "digits-flat": "sklearn digits (1797 x 64), flat rows",
+    "digits-image": "sklearn digits, image_shape=(8, 8)",
+    "usps-image": "USPS (9298 x 16x16), image_shape",
+    "mnist-image": "MNIST-test (10000 x 28x28), image_shape",
+    "online-1e5": "online mode, 10^5 x 64 blobs, K=100, 4 epochs",
+}
+
+# Runs in the child, with the package of the revision under test first on sys.path. It uses
+# only the public API, so that any revision can run it.
+CHILD = r"""
+import json, sys, time
+import numpy as np
+import torch
+spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
+from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy
+
+name, data_dir, seed = spec["config"], spec["data_dir"], spec["seed"]
+params = {}
+if name.startswith("digits"):
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X, k = (X / 16.0).astype(np.float32), 10
+    if name == "digits-image":
+        params["image_shape"] = (8, 8)
+elif name in ("usps-image", "mnist-image"):
+    data = np.load(f"{data_dir}/{'usps' if name == 'usps-image' else 'mnist_test'}.npz")
+    images = data["X"].astype(np.float32)
+    if name == "mnist-image":
+        images /= 255.0
+    X, y, k = images.reshape(len(images), -1), data["y"], 10
+    params["image_shape"] = images.shape[1:]
+else:
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(-10, 10, size=(100, 64))
+    y = rng.permutation(np.arange(100_000) % 100)
+    X = (centres[y] + rng.standard_normal((100_000, 64))).astype(np.float32)
+    k = 100
+    params.update(label_mode="online", max_epochs=4)
+model = SelfLabelingClusterer(k, random_state=seed, **params)
+start = time.perf_counter()
+model.fit(X)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "acc": clustering_accuracy(y, model.labels_)}))
+"""
+
+
+def run_child(package_root: Path, spec: dict) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(package_root), "OMP_NUM_THREADS": str(spec["threads"])}
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{spec} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def checkout(revision: str, directory: Path) -> Path:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(directory), revision],
+        check=True,
+        capture_output=True,
+    )
+    return directory
+
+
+def table(results: dict, revision: str | None, threads: int) -> str:
+    def stat(values):
+        values = np.asarray(values)
+        return (
+            f"{values.mean():.1f}"
+            if len(values) == 1
+            else f"{values.mean():.1f} ± {values.std():.1f}"
+        )
+
+    lines = [
+        "# Fit time",
+        "",
+        f"`python benchmarks/bench_fit.py {' '.join(sys.argv[1:])}`: seconds of `fit` (mean ± sd "
+        f"over seeds), {threads} torch thread(s) per fit, one fit at a time, on "
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}).",
+        "",
+    ]
+    if revision is None:
+        lines += ["| configuration | fit s | ACC | seeds |", "|---|---:|---:|---:|"]
+        for name, runs in results.items():
+            mine = runs["this"]
+            lines.append(
+                f"| {CONFIGS[name]} | {stat([r['seconds'] for r in mine])} | "
+                f"{stat_acc([r['acc'] for r in mine])} | {len(mine)} |"
+            )
+        return "\n".join(lines) + "\n"
+    lines += [
+        f"| configuration | fit s, this tree | fit s, {revision} | speed-up | ACC, this tree | "
+        f"ACC, {revision} | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, runs in results.items():
+        mine, theirs = runs["this"], runs["other"]
+        ratio = np.mean([r["seconds"] for r in theirs]) / np.mean([r["seconds"] for r in mine])
+        lines.append(
+            f"| {CONFIGS[name]} | {stat([r['seconds'] for r in mine])} | "
+            f"{stat([r['seconds'] for r in theirs])} | {ratio:.2f}x | "
+            f"{stat_acc([r['acc'] for r in mine])} | {stat_acc([r['acc'] for r in theirs])} | "
+            f"{len(mine)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def stat_acc(values) -> str:
+    values = np.asarray(values)
+    per_seed = ", ".join(f"{v:.3f}" for v in values)
+    return f"{values.mean():.3f} ({per_seed})" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compare", metavar="REV", help="also fit from this git revision")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    configs = [
+        c
+        for c in args.configs
+        if not c.startswith(("usps", "mnist"))
+        or (args.data_dir / ("usps.npz" if c.startswith("usps") else "mnist_test.npz")).exists()
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        other = checkout(args.compare, Path(tmp) / "other") if args.compare else None
+        try:
+            results = {}
+            for name in configs:
+                results[name] = {"this": [], "other": []}
+                for i, seed in enumerate(args.seeds):
+                    spec = dict(
+                        config=name, seed=seed, threads=args.threads, data_dir=str(args.data_dir)
+                    )
+                    trees = [("this", ROOT)] + ([("other", other)] if other else [])
+                    for label, tree in trees if i % 2 == 0 else trees[::-1]:
+                        result = run_child(tree, spec)
+                        results[name][label].append(result)
+                        print(
+                            f"{name:13} seed {seed} {label:5}: {result['seconds']:7.1f} s, "
+                            f"ACC {result['acc']:.3f}",
+                            flush=True,
+                        )
+        finally:
+            if other is not None:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)],
+                    check=False,
+                    capture_output=True,
+                )
+    text = table(results, args.compare, args.threads)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
