@@ -9,7 +9,8 @@ from torch import nn
 
 from ._callbacks import EpochProgress, FiniteLossGuard, PropagationRefresh
 from ._checkpoint import EpochEndState
-from ._data import feature_mean_and_scale, shuffled_batch_loader
+from ._data import shuffled_batch_loader
+from ._geometry import input_scaling
 from ._net import SelfLabelNet
 from ._settings import NetworkSettings, Settings
 from .augment import ImageAugment, TabularAugment
@@ -18,14 +19,18 @@ from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelModu
 
 def build_module(network: NetworkSettings, X) -> SelfLabelModule:
     """The network ``h ∘ Φ`` for the rows ``X``, with their standardisation and views."""
-    mean, scale = feature_mean_and_scale(X, network.image_shape)
+    mean, scale, _ = input_scaling(X, network.input_kind, network.image_shape)
     return module_for(network, X.shape[1], mean, scale)
 
 
 def module_for(
     network: NetworkSettings, n_features: int, mean: np.ndarray, scale: np.ndarray
 ) -> SelfLabelModule:
-    """The network ``h ∘ Φ`` for rows of ``n_features`` standardised by ``mean`` and ``scale``."""
+    """The network ``h ∘ Φ`` for rows of ``n_features`` standardised by ``mean`` and ``scale``.
+
+    Sparse rows (``input_kind="sparse"``) are L2-normalised, and stay sparse up to the first
+    layer of the default encoder.
+    """
     if network.module is not None:
         encoder = network.module(n_features=n_features, **network.module_params)
         if not isinstance(encoder, nn.Module):
@@ -39,12 +44,15 @@ def module_for(
         augment = TabularAugment(network.augment_strength)
     else:
         augment = ImageAugment(network.image_shape, network.augment_strength)
+    sparse = network.input_kind == "sparse"
     return SelfLabelModule(
         encoder,
         MultiHeadClassifier(embedding_dim, network.n_clusters, network.n_heads),
         torch.from_numpy(mean),
         torch.from_numpy(scale),
         augment,
+        normalise_rows=sparse,
+        sparse_input=network.sparse_batches,
     )
 
 

@@ -9,11 +9,14 @@ import sys
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from skorch.callbacks import Callback
 from tqdm import tqdm
 
-from ._data import holds_rows, iter_row_batches
+from ._data import chunked_rows, holds_rows, iter_row_batches
+from .augment import NeighbourViews
 from .propagation import InvariancePropagation, hardest_positives, nearest_neighbors
 
 if TYPE_CHECKING:
@@ -72,10 +75,12 @@ class FiniteLossGuard(Callback):
 class PropagationRefresh(Callback):
     """Keep invariance propagation's memory bank and hard positives up to date.
 
-    At ``on_train_begin`` the positives are found among the input rows (standardised, as the
-    network sees them: an untrained network's embedding carries no category-level structure yet)
-    and the memory bank holds the clean embedding of every row. After each epoch in ``epochs``
-    the positives are found again in the memory bank, which training keeps updating.
+    At ``on_train_begin`` the positives are found among the input rows (an untrained
+    network's embedding carries no category-level structure yet): for images by hops among
+    the standardised rows, for flat rows their nearest neighbours in the input geometry, with
+    whom the neighbour views then mix them. The memory bank holds the clean embedding of every
+    row; after each epoch in ``epochs`` the positives are found again in it, by hops, while
+    training keeps updating it.
 
     Parameters
     ----------
@@ -99,26 +104,51 @@ class PropagationRefresh(Callback):
 
     def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
         if net.propagation_ is not None and holds_rows(net.propagation_.bank, len(X), axis=0):
-            return  # a resumed fit keeps the memory bank and positives of its checkpoint
-        module = net.inference_module()
-        standardised = torch.cat(
-            [
-                module.standardise(torch.from_numpy(rows).to(net.device))
-                for rows in iter_row_batches(X.X, self.batch_size)
-            ]
+            # A resumed fit keeps the memory bank, positives and views of its checkpoint.
+            if net.neighbour_views_ is not None:
+                net.neighbour_views_.bind(X.X)
+            return
+        s = self.settings
+        features = self._input_features(net, X.X)
+        neighbors = nearest_neighbors(
+            features, max(s.n_neighbors, s.view_neighbors), metric=s.input_metric
         )
+        if s.input_positives == "knn":  # the nearest neighbours themselves, nearest first
+            n_nearest = min(s.n_neighbors, neighbors.shape[1])  # fewer rows than neighbours
+            slots = torch.arange(s.n_positives, device=neighbors.device) % n_nearest
+            positives = neighbors[:, slots]
+        else:
+            positives = hardest_positives(
+                features, neighbors[:, : s.n_neighbors], s.n_hops, s.n_positives
+            )
+        if s.view_neighbors:
+            views_rng = torch.Generator().manual_seed(self.seed + 1)
+            views = NeighbourViews(neighbors[:, : s.view_neighbors], views_rng)
+            net.neighbour_views_ = views.bind(X.X)
         bank = net.evaluate_rows(X.X, self.batch_size, output="embedding")
         generator = torch.Generator(device=net.device).manual_seed(self.seed)
-        s = self.settings
         net.propagation_ = InvariancePropagation(
             bank,
-            self._positives(standardised),
+            positives.to(net.device),
             label_weight=s.label_weight,
             contrast_weight=s.contrast_weight,
             temperature=s.temperature,
             momentum=s.momentum,
             n_negatives=s.n_negatives,
             generator=generator,
+        )
+
+    def _input_features(self, net, X):
+        """The input rows in the geometry of the first positives: raw (a sparse matrix stays
+        sparse) or standardised as the network sees them."""
+        if self.settings.input_space == "raw":
+            return X if sp.issparse(X) else torch.from_numpy(np.vstack(list(chunked_rows(X))))
+        module = net.inference_module()
+        return torch.cat(
+            [
+                module.standardise(torch.from_numpy(rows).to(net.device))
+                for rows in iter_row_batches(X, self.batch_size)
+            ]
         )
 
     def _positives(self, features: torch.Tensor) -> torch.Tensor:
@@ -133,5 +163,6 @@ class PropagationRefresh(Callback):
             net.propagation_.positives = self._positives(net.propagation_.bank)
 
     def on_train_end(self, net, **kwargs) -> None:
-        # The bank is an N x d training buffer; a fitted model does not need it.
+        # The bank is an N x d training buffer; a fitted model does not need it, nor the views.
         net.propagation_ = None
+        net.neighbour_views_ = None

@@ -83,7 +83,7 @@ def _check_magnitude(values: np.ndarray) -> None:
     if values.dtype.kind != "f" or values.size == 0:
         return
     flat = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(-1, 1)
-    largest = max(float(np.abs(part).max()) for part in _row_chunks(flat))
+    largest = max(float(np.abs(part).max()) for part in chunked_rows(flat))
     if largest > _LARGEST_INPUT:
         raise ValueError(
             f"X holds values of magnitude {largest:.3g}, beyond what the network computes "
@@ -92,9 +92,11 @@ def _check_magnitude(values: np.ndarray) -> None:
         )
 
 
-def _row_chunks(X) -> Iterator[np.ndarray]:
+def chunked_rows(X) -> Iterator[np.ndarray]:
+    """``X`` in consecutive chunks of rows, each a dense array: bounded memory for any input."""
     for start in range(0, X.shape[0], _CHUNK_ROWS):
-        yield X[start : start + _CHUNK_ROWS]
+        chunk = X[start : start + _CHUNK_ROWS]
+        yield chunk.toarray() if sp.issparse(chunk) else np.asarray(chunk)
 
 
 def count_distinct_rows(X, at_least: int) -> int:
@@ -137,6 +139,29 @@ def iter_row_batches(X, batch_size: int) -> Iterator[np.ndarray]:
     """Consecutive dense float32 row batches of ``X``; bounded memory for any input size."""
     for start in range(0, X.shape[0], batch_size):
         yield dense_rows(X, start, start + batch_size)
+
+
+def row_tensor(X, start=None, stop=None, index=None, *, sparse: bool = False) -> torch.Tensor:
+    """Rows of ``X`` (a slice or an index array) as a float32 tensor: sparse (COO) when
+    ``sparse`` and ``X`` is a sparse matrix, else dense."""
+    if sparse and sp.issparse(X):
+        rows = sp.coo_matrix(X[index] if index is not None else X[start:stop], dtype=np.float32)
+        rows.sum_duplicates()  # canonical: sorted (row, column), no index twice
+        indices = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
+        return torch.sparse_coo_tensor(
+            indices,
+            torch.from_numpy(rows.data),
+            rows.shape,
+            is_coalesced=True,
+            check_invariants=False,
+        )
+    return torch.from_numpy(dense_rows(X, start, stop, index))
+
+
+def iter_tensor_batches(X, batch_size: int, *, sparse: bool = False) -> Iterator[torch.Tensor]:
+    """Consecutive row batches of ``X`` as ``row_tensor`` gives them."""
+    for start in range(0, X.shape[0], batch_size):
+        yield row_tensor(X, start, start + batch_size, sparse=sparse)
 
 
 def holds_rows(table: torch.Tensor | None, n_rows: int, axis: int) -> bool:
@@ -207,7 +232,7 @@ def check_out_of_core(X, *, ensure_min_samples: int = 1) -> None:
     """
     check_row_layout(X, ensure_min_samples=ensure_min_samples)
     if X.dtype.kind == "f":
-        for chunk in _row_chunks(X):
+        for chunk in chunked_rows(X):
             chunk = np.asarray(chunk)
             if not np.isfinite(chunk).all():
                 raise ValueError("Input X contains NaN or infinity.")
@@ -260,18 +285,21 @@ class IndexedRows(Dataset):
     """A dataset whose items are whole batches: ``dataset[indices] -> (rows, indices)``.
 
     The target of every row is its own index, so that the loss can look up the row's current
-    self-labels (which change at every label step) instead of fixed targets.
+    self-labels (which change at every label step) instead of fixed targets. With ``sparse``,
+    the rows of a sparse ``X`` come as sparse (COO) tensors.
     """
 
-    def __init__(self, X) -> None:
+    def __init__(self, X, sparse: bool = False) -> None:
         self.X = X
+        self.sparse = sparse
 
     def __len__(self) -> int:
         return self.X.shape[0]
 
     def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         indices = np.asarray(indices)
-        return torch.from_numpy(dense_rows(self.X, index=indices)), torch.from_numpy(indices)
+        rows = row_tensor(self.X, index=indices, sparse=self.sparse)
+        return rows, torch.from_numpy(indices)
 
 
 class ShuffledBatches(BatchSampler):

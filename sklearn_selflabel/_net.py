@@ -10,7 +10,8 @@ from skorch import NeuralNet
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
-from ._data import iter_row_batches
+from ._data import iter_tensor_batches
+from .augment import NeighbourViews
 from .propagation import InvariancePropagation
 
 
@@ -27,8 +28,10 @@ class SelfLabelNet(NeuralNet):
     # The label mode that trains this class of net.
     label_mode = "offline"
     label_table_: torch.Tensor
-    # Set by the propagation callback when invariance propagation is on.
+    # Set by the propagation callback when invariance propagation is on, and the neighbour
+    # views of flat rows with it.
     propagation_: InvariancePropagation | None = None
+    neighbour_views_: NeighbourViews | None = None
     # Attributes (prefixes) that hold tensors, pickled the way skorch pickles ``module_`` and
     # ``optimizer_``, so that a net pickled on CUDA unpickles onto the CPU where CUDA is absent.
     # "module" also covers the ``module`` parameter, which is the network instance itself, and
@@ -40,7 +43,10 @@ class SelfLabelNet(NeuralNet):
         """One training step: the self-label loss, plus the invariance-propagation term."""
         self._set_training(True)
         rows, indices = unpack_data(batch)
-        embedding, logits = self.module_(to_tensor(rows, device=self.device), output="both")
+        rows = to_tensor(rows, device=self.device)
+        if self.neighbour_views_ is not None:
+            rows = self.neighbour_views_(rows, indices)
+        embedding, logits = self.module_(rows, output="both")
         loss = self.get_loss(logits, indices, X=rows, training=True)
         if self.propagation_ is not None:
             loss = loss + self.propagation_.training_term(
@@ -86,8 +92,8 @@ class SelfLabelNet(NeuralNet):
         if was_training:
             module.eval()
         try:
-            for rows in iter_row_batches(X, batch_size):
-                outputs = module(torch.from_numpy(rows).to(self.device), output=output)
+            for rows in iter_tensor_batches(X, batch_size, sparse=module.sparse_input):
+                outputs = module(rows.to(self.device), output=output)
                 yield outputs if head is None else outputs[head]
         finally:
             if was_training:

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import normalize
 from skorch.callbacks import Callback
 
-from ._data import holds_rows
+from ._data import chunked_rows, holds_rows
 from ._label_mode import FittedHead
 from ._net import SelfLabelNet
 from .propagation import neighbour_link_partition, neighbour_vote_shares
@@ -44,6 +47,9 @@ class OfflineLabels:
     n_label_steps: int
     cluster_sizes: str
     batch_size: int
+    # "random": SeLa's random equal split; "kmeans": each head's KMeans of the L2-normalised
+    # input rows, from a seed of its own.
+    initial_labels: str = "random"
 
     name: ClassVar[str] = "offline"
 
@@ -114,6 +120,15 @@ def random_equal_split(n_samples: int, n_clusters: int, n_heads: int, seed: int)
     return np.stack([rng.permutation(equal) for _ in range(n_heads)])
 
 
+def kmeans_labels(X, n_clusters: int, n_heads: int, seed: int) -> np.ndarray:
+    """Initial labels in the cosine geometry: per head, KMeans (one initialisation, a seed of
+    its own) of the L2-normalised rows of ``X``, shape ``(n_heads, n_samples)``."""
+    rows = normalize(X if sp.issparse(X) else np.vstack(list(chunked_rows(X))))
+    seeds = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=n_heads)
+    table = [KMeans(n_clusters, n_init=1, random_state=int(s)).fit_predict(rows) for s in seeds]
+    return np.stack(table).astype(np.int64)
+
+
 def estimated_cluster_weights(
     embedding: torch.Tensor, labels: torch.Tensor, n_clusters: int
 ) -> np.ndarray:
@@ -173,7 +188,10 @@ class LabelStep(Callback):
         if holds_rows(getattr(net, "label_table_", None), len(X), axis=1):
             return  # a resumed fit keeps the labels (and solver state) of its checkpoint
         mode = self.mode
-        labels = random_equal_split(len(X), mode.n_clusters, mode.n_heads, self.seed)
+        if mode.initial_labels == "kmeans":
+            labels = kmeans_labels(X.X, mode.n_clusters, mode.n_heads, self.seed)
+        else:
+            labels = random_equal_split(len(X), mode.n_clusters, mode.n_heads, self.seed)
         net.label_table_ = torch.from_numpy(labels).to(net.device)
         self.solver_state_ = None
 

@@ -19,6 +19,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._data import count_distinct_rows
+from ._geometry import METRIC, detect_kind
 from ._label_mode import LabelMode
 from ._offline import OfflineLabels
 from ._online import OnlineLabels
@@ -30,6 +31,13 @@ _MAX_RESTART_STEPS = 1000
 # cluster_sizes="estimated" needs this many rows per cluster on average (twice the voters of
 # the neighbour vote); with fewer, the label steps aim at equal sizes.
 _MIN_ROWS_TO_ESTIMATE_SIZES = 20
+# max_epochs="auto" for flat rows: enough epochs for this many optimizer steps, 60..120.
+_MIN_FLAT_STEPS = 3000
+# Flat rows of these kinds train with propagation ("auto") and neighbour views instead of
+# noise; tables and embeddings keep the noise views (on small tables they clustered better).
+_NEIGHBOUR_KINDS = ("nonnegative", "sparse")
+# Neighbours that a neighbour view mixes a row with.
+_VIEW_NEIGHBORS = 10
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,14 @@ class NetworkSettings:
     module: type | None
     module_params: dict
     image_shape: tuple[int, int, int] | None
+    # "image" with image_shape, else the kind of flat rows (see _geometry)
+    input_kind: str
     augment_strength: float
+
+    @property
+    def sparse_batches(self) -> bool:
+        """Whether sparse rows reach the (default) encoder as sparse batches."""
+        return self.input_kind == "sparse" and self.module is None
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,14 @@ class PropagationSettings:
     temperature: float = 0.1
     n_negatives: int = 4096
     momentum: float = 0.5
+    # The positives before the first label step: by hops among the standardised rows
+    # (images), or the nearest neighbours themselves in the raw or standardised input
+    # (flat rows), by the kind's metric.
+    input_positives: str = "hops"
+    input_space: str = "standardised"
+    input_metric: str = "cosine"
+    # Neighbours that the neighbour views mix each row with; 0: no neighbour views.
+    view_neighbors: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,10 @@ def resolve_settings(
     if chunk and est.accelerator is not None:
         raise ValueError("partial_fit does not support an accelerator; use fit.")
     online = est.label_mode == "online"
+    image_shape = _checked_image_shape(est.image_shape, n_features)
+    kind = "image"
+    if image_shape is None:
+        kind = detect_kind(X) if est.input_kind == "auto" else est.input_kind
     batch_size = (1024 if online else 256) if est.batch_size == "auto" else est.batch_size
     labels: LabelMode
     if online:
@@ -140,6 +167,9 @@ def resolve_settings(
             if n_samples < _MIN_ROWS_TO_ESTIMATE_SIZES * est.n_clusters
             else est.cluster_sizes,
             batch_size=batch_size,
+            # Sparse rows start from KMeans in their cosine geometry, which already splits
+            # documents by topic; a random split there was not undone by training.
+            initial_labels="kmeans" if kind == "sparse" else "random",
         )
     network = NetworkSettings(
         n_clusters=est.n_clusters,
@@ -148,19 +178,28 @@ def resolve_settings(
         embedding_dim=est.embedding_dim,
         module=est.module,
         module_params=dict(est.module_params or {}),
-        image_shape=_checked_image_shape(est.image_shape, n_features),
-        augment_strength=est.augment_strength,
+        image_shape=image_shape,
+        input_kind=kind,
+        augment_strength=0.0 if kind in _NEIGHBOUR_KINDS else est.augment_strength,
     )
     propagation = None
-    if not online and (
-        network.image_shape is not None if est.propagation == "auto" else est.propagation
-    ):
+    auto_propagation = kind == "image" or kind in _NEIGHBOUR_KINDS
+    if not online and (auto_propagation if est.propagation == "auto" else est.propagation):
+        flat = {}
+        if kind != "image":
+            flat = dict(
+                input_positives="knn",
+                input_space="raw" if METRIC[kind] == "cosine" else "standardised",
+                input_metric=METRIC[kind],
+                view_neighbors=_VIEW_NEIGHBORS,
+            )
         propagation = PropagationSettings(
             n_neighbors=est.propagation_neighbors,
             n_hops=est.propagation_hops,
             n_positives=est.propagation_positives,
             label_weight=est.propagation_weight,
             contrast_weight=est.propagation_contrast,
+            **flat,
         )
     if trained_on is None:
         device = _training_device(est.device, est.accelerator, propagation is not None)
@@ -169,10 +208,9 @@ def resolve_settings(
     n_batches = math.ceil(n_samples / batch_size)
     max_epochs = est.max_epochs
     if max_epochs == "auto":
-        # A small image set needs more passes for as many optimizer steps as a large one.
-        max_epochs = 120
-        if network.image_shape is not None:
-            max_epochs = int(np.clip(math.ceil(_MIN_IMAGE_STEPS / n_batches), 60, 120))
+        # A small data set needs more passes for as many optimizer steps as a large one.
+        steps = _MIN_IMAGE_STEPS if image_shape is not None else _MIN_FLAT_STEPS
+        max_epochs = int(np.clip(math.ceil(steps / n_batches), 60, 120))
     if est.checkpoint_dir is not None and est.accelerator is not None:
         raise ValueError("checkpoint_dir is not supported with an accelerator.")
     if est.warm_start and est.checkpoint_dir is None and not chunk:

@@ -68,7 +68,7 @@ def fit_initialisations(settings: Settings, X) -> FitResult:
     Like KMeans' ``n_init``; only the best fit's network stays in memory besides the one in
     training. An interruption that keeps its state (``on_interrupt="keep"``) ends the loop.
     """
-    dataset = IndexedRows(X)
+    dataset = IndexedRows(X, sparse=settings.network.sparse_batches)
     best, scores, interruption = None, [], None
     for seed in settings.seeds:
         net, interruption = _train(settings, dataset, seed)
@@ -143,7 +143,7 @@ def train_chunk(settings: Settings, X, previous: SelfLabelNet | None) -> tuple[F
             module = build_module(settings.network, X)
             label_step = settings.labels.chunk_label_step()
             net = build_net(settings, module, seed, label_step, end_state)
-            net.partial_fit(IndexedRows(X), epochs=1)
+            net.partial_fit(IndexedRows(X, sparse=settings.network.sparse_batches), epochs=1)
     else:
         if previous.label_mode != settings.labels.name:
             raise ValueError(
@@ -158,7 +158,7 @@ def train_chunk(settings: Settings, X, previous: SelfLabelNet | None) -> tuple[F
         # (Setting a callback initialises them all: the online queue would be lost.)
         end_state = dict(net.callbacks_)["epoch_end_state"]
         with isolated_torch_rng(seed + len(net.history), settings.device):
-            net.partial_fit(IndexedRows(X), epochs=1)
+            net.partial_fit(IndexedRows(X, sparse=net.module_.sparse_input), epochs=1)
     if end_state.n_completed_epochs_ < len(net.history):
         raise KeyboardInterrupt(
             "partial_fit was interrupted; the estimator is left as it was before the call."

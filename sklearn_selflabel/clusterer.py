@@ -113,6 +113,18 @@ class SelfLabelingClusterer(
         deviations per feature, and each feature masked to its mean with probability
         ``augment_strength / 2``. Images (``image_shape``): the scale of the affine jitter
         (at 0.5, up to 12.5% of the side, 15 degrees, 10% of scale and 0.15 of shear).
+    input_kind : {"auto", "tabular", "embedding", "nonnegative", "sparse"}, default="auto"
+        What flat rows (no ``image_shape``) are, which sets how they are scaled, how their
+        neighbours are found and how training sees them. ``"tabular"``: columns on scales of
+        their own, each standardised, Euclidean neighbours. ``"embedding"``: signed features on
+        one common scale (embeddings of another model, standardised tables), one scale for
+        all, Euclidean neighbours. ``"nonnegative"``: non-negative features on a common range
+        (pixels, histograms, counts), one scale for all, cosine neighbours. ``"sparse"``:
+        non-negative sparse rows (TF-IDF, counts), each L2-normalised, cosine neighbours,
+        batches that stay sparse into the first layer, and KMeans initial labels. The last two
+        train with invariance propagation and neighbour views (``propagation="auto"``);
+        tables and embeddings with noise views. ``"auto"`` detects the kind from the data
+        (the user guide gives the rule).
     image_shape : tuple of int or None, default=None
         ``(height, width)`` or ``(channels, height, width)`` when the rows are images
         flattened in that order. It turns on image-aware mode: training views are random
@@ -283,6 +295,7 @@ class SelfLabelingClusterer(
         "n_label_steps": [Interval(Integral, 1, None, closed="left")],
         "cluster_sizes": [StrOptions({"equal", "estimated"})],
         "augment_strength": [Interval(Real, 0, None, closed="left")],
+        "input_kind": [StrOptions({"auto", "tabular", "embedding", "nonnegative", "sparse"})],
         "image_shape": ["array-like", None],
         "propagation": ["boolean", StrOptions({"auto"})],
         "propagation_neighbors": [Interval(Integral, 1, None, closed="left")],
@@ -322,6 +335,7 @@ class SelfLabelingClusterer(
         n_label_steps: int = 60,
         cluster_sizes: str = "estimated",
         augment_strength: float = 0.5,
+        input_kind: str = "auto",
         image_shape: tuple[int, ...] | None = None,
         propagation: bool | str = "auto",
         propagation_neighbors: int = 4,
@@ -357,6 +371,7 @@ class SelfLabelingClusterer(
         self.n_label_steps = n_label_steps
         self.cluster_sizes = cluster_sizes
         self.augment_strength = augment_strength
+        self.input_kind = input_kind
         self.image_shape = image_shape
         self.propagation = propagation
         self.propagation_neighbors = propagation_neighbors

@@ -5,11 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class SparseLinear(nn.Linear):
+    """``nn.Linear`` that also multiplies a sparse (COO) batch directly.
+
+    Time and memory then follow the batch's non-zeros, not ``batch x n_features``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_sparse:
+            return torch.sparse.mm(x, self.weight.t()) + self.bias
+        return super().forward(x)
 
 
 class MLPEncoder(nn.Module):
     """Fully connected encoder ``Φ``: ``Linear, BatchNorm, ReLU`` blocks, then a linear embedding.
+
+    The first layer takes dense or sparse (COO) batches.
 
     Parameters
     ----------
@@ -31,9 +46,10 @@ class MLPEncoder(nn.Module):
         layers: list[nn.Module] = []
         width = n_features
         for size in hidden_layer_sizes:
-            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU()]
+            first = SparseLinear if not layers else nn.Linear
+            layers += [first(width, size), nn.BatchNorm1d(size), nn.ReLU()]
             width = size
-        layers.append(nn.Linear(width, embedding_dim))
+        layers.append((SparseLinear if not layers else nn.Linear)(width, embedding_dim))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,6 +142,11 @@ class SelfLabelModule(nn.Module):
         Standardisation of the raw input, kept as buffers so that it travels with the weights.
     augment : nn.Module
         Makes a random training view of standardised rows; the identity in eval mode.
+    normalise_rows : bool, default=False
+        L2-normalise each row before the standardisation (cosine geometry). A sparse (COO)
+        batch stays sparse; ``mean`` must then be zero.
+    sparse_input : bool, default=False
+        Whether the encoder takes sparse (COO) batches, so that sparse data are fed as such.
     """
 
     def __init__(
@@ -135,16 +156,37 @@ class SelfLabelModule(nn.Module):
         mean: torch.Tensor,
         scale: torch.Tensor,
         augment: nn.Module,
+        normalise_rows: bool = False,
+        sparse_input: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.heads = heads
         self.augment = augment
+        self.normalise_rows = normalise_rows
+        self.sparse_input = sparse_input
         self.register_buffer("mean", mean)
         self.register_buffer("scale", scale)
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         """Raw input rows in the units that the encoder sees."""
+        if x.is_sparse:
+            x = x.coalesce()
+            rows, columns = x.indices()
+            values = x.values()
+            if self.normalise_rows:
+                squares = torch.zeros(x.shape[0], dtype=values.dtype, device=values.device)
+                norms = squares.index_add_(0, rows, values * values).sqrt_().clamp_min_(1e-12)
+                values = values / norms[rows]
+            return torch.sparse_coo_tensor(
+                x.indices(),
+                values / self.scale[columns],
+                x.shape,
+                is_coalesced=True,
+                check_invariants=False,
+            )
+        if self.normalise_rows:
+            x = F.normalize(x, dim=1)
         return (x - self.mean) / self.scale
 
     def forward(

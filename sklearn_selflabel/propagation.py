@@ -15,35 +15,59 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances_argmin
+from sklearn.preprocessing import normalize
 
 
 @torch.no_grad()
-def nearest_neighbors(features: torch.Tensor, n_neighbors: int, chunk_size: int = 2048):
-    """Exact cosine k nearest neighbours of every row among the others, in row chunks.
+def nearest_neighbors(
+    features, n_neighbors: int, chunk_size: int = 2048, metric: str = "cosine"
+) -> torch.Tensor:
+    """Exact k nearest neighbours of every row among the others, in row chunks.
 
     Parameters
     ----------
-    features : torch.Tensor of shape (n_samples, n_dims)
-        Rows are L2-normalised here; no ``n_samples x n_samples`` matrix is formed, only
-        ``chunk_size x n_samples`` blocks.
+    features : torch.Tensor or scipy sparse matrix of shape (n_samples, n_dims)
+        No ``n_samples x n_samples`` matrix is formed, only ``chunk_size x n_samples``
+        blocks. A sparse matrix is multiplied as such (cosine only).
     n_neighbors : int
         Number of neighbours ``k`` per row (at most ``n_samples - 1``).
     chunk_size : int
         Rows per block.
+    metric : {"cosine", "euclidean"}, default="cosine"
+        Cosine similarity (rows L2-normalised here) or Euclidean distance.
 
     Returns
     -------
     indices : torch.Tensor of shape (n_samples, k), int64
         Neighbours of each row, most similar first; a row is never its own neighbour.
     """
-    features = F.normalize(features.float(), dim=1)
+    if sp.issparse(features):
+        if metric != "cosine":
+            raise ValueError("nearest neighbours of sparse rows are cosine neighbours")
+        rows = normalize(sp.csr_matrix(features, dtype=np.float32))
+
+        def block_of(start: int) -> torch.Tensor:
+            return torch.from_numpy((rows[start : start + chunk_size] @ rows.T).toarray())
+
+    else:
+        features = features.float()
+        half_sq_norms = None
+        if metric == "cosine":
+            features = F.normalize(features, dim=1)
+        else:  # the largest x.y - |y|^2 / 2 is the nearest y
+            half_sq_norms = 0.5 * (features * features).sum(dim=1)
+
+        def block_of(start: int) -> torch.Tensor:
+            block = features[start : start + chunk_size] @ features.T
+            return block if half_sq_norms is None else block.sub_(half_sq_norms)
+
     n_samples = features.shape[0]
     k = min(n_neighbors, n_samples - 1)
     parts = []
     for start in range(0, n_samples, chunk_size):
-        block = features[start : start + chunk_size] @ features.T
-        rows = torch.arange(block.shape[0], device=block.device)
-        block[rows, rows + start] = -float("inf")
+        block = block_of(start)
+        rows_in_block = torch.arange(block.shape[0], device=block.device)
+        block[rows_in_block, rows_in_block + start] = -float("inf")
         parts.append(block.topk(k, dim=1).indices)
     return torch.cat(parts)
 
