@@ -20,7 +20,7 @@ from sklearn.preprocessing import normalize
 
 @torch.no_grad()
 def nearest_neighbors(
-    features, n_neighbors: int, chunk_size: int = 2048, metric: str = "cosine"
+    features, n_neighbors: int, chunk_size: int = 256, metric: str = "cosine"
 ) -> torch.Tensor:
     """Exact k nearest neighbours of every row among the others, in row chunks.
 
@@ -57,8 +57,11 @@ def nearest_neighbors(
         else:  # the largest x.y - |y|^2 / 2 is the nearest y
             half_sq_norms = 0.5 * (features * features).sum(dim=1)
 
+        # Blocks of a few hundred rows stay in cache while topk reads them.
+        transposed = features.T.contiguous()
+
         def block_of(start: int) -> torch.Tensor:
-            block = features[start : start + chunk_size] @ features.T
+            block = features[start : start + chunk_size] @ transposed
             return block if half_sq_norms is None else block.sub_(half_sq_norms)
 
     n_samples = features.shape[0]
@@ -133,20 +136,26 @@ def hardest_positives(
     """
     features = F.normalize(features.float(), dim=1)
     reachable = propagate(neighbors.cpu().numpy(), n_hops)
-    n_samples = reachable.shape[0]
+    n_samples, n_dims = features.shape
     counts = np.diff(reachable.indptr)
-    rows = np.repeat(np.arange(n_samples), counts)
+    rows = torch.from_numpy(np.repeat(np.arange(n_samples), counts)).to(features.device)
     cols = torch.from_numpy(reachable.indices.astype(np.int64)).to(features.device)
-    rows_t = torch.from_numpy(rows).to(features.device)
-    similarity = (features[rows_t] * features[cols]).sum(dim=1)
-    # Pad every row to the same width with +inf similarity (never hard), then take the lowest.
+    # Every row padded to the same width; padding has +inf similarity (never hard).
     width = int(counts.max())
-    offsets = torch.from_numpy(np.arange(len(rows)) - np.repeat(reachable.indptr[:-1], counts))
-    padded_sim = torch.full((n_samples, width), float("inf"), device=features.device)
+    offsets = np.arange(len(cols)) - np.repeat(reachable.indptr[:-1], counts)
+    offsets = torch.from_numpy(offsets).to(features.device)
     padded_idx = torch.zeros((n_samples, width), dtype=torch.int64, device=features.device)
-    offsets = offsets.to(features.device)
-    padded_sim[rows_t, offsets] = similarity
-    padded_idx[rows_t, offsets] = cols
+    padded_idx[rows, offsets] = cols
+    padding = torch.ones((n_samples, width), dtype=torch.bool, device=features.device)
+    padding[rows, offsets] = False
+    # Similarities row block by row block: a block's gathered points stay within ~64 MB.
+    padded_sim = torch.empty((n_samples, width), device=features.device)
+    block = max(1, (1 << 24) // (width * n_dims))
+    for start in range(0, n_samples, block):
+        points = features[padded_idx[start : start + block]]  # (block, width, n_dims)
+        own = features[start : start + block].unsqueeze(2)
+        padded_sim[start : start + block] = torch.bmm(points, own).squeeze(2)
+    padded_sim.masked_fill_(padding, float("inf"))
     order = padded_sim.argsort(dim=1)[:, :n_positives]
     positives = torch.gather(padded_idx, 1, order)
     # repeat the hardest positives where a row has fewer than n_positives reachable points
