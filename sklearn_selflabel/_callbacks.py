@@ -125,7 +125,7 @@ class PropagationRefresh(Callback):
             views_rng = torch.Generator().manual_seed(self.seed + 1)
             views = NeighbourViews(neighbors[:, : s.view_neighbors], views_rng)
             net.neighbour_views_ = views.bind(X.X)
-        bank = net.evaluate_rows(X.X, self.batch_size, output="embedding")
+        bank = net.evaluate_rows(X.X, self.batch_size, output="embedding", fast=True)
         generator = torch.Generator(device=net.device).manual_seed(self.seed)
         net.propagation_ = InvariancePropagation(
             bank,

@@ -27,6 +27,8 @@ class SelfLabelNet(NeuralNet):
 
     # The label mode that trains this class of net.
     label_mode = "offline"
+    # bfloat16 autocast in training steps and in the passes with ``fast=True``.
+    mixed_precision = False
     label_table_: torch.Tensor
     # Set by the propagation callback when invariance propagation is on, and the neighbour
     # views of flat rows with it.
@@ -46,12 +48,13 @@ class SelfLabelNet(NeuralNet):
         rows = to_tensor(rows, device=self.device)
         if self.neighbour_views_ is not None:
             rows = self.neighbour_views_(rows, indices)
-        embedding, logits = self.module_(rows, output="both")
-        loss = self.get_loss(logits, indices, X=rows, training=True)
-        if self.propagation_ is not None:
-            loss = loss + self.propagation_.training_term(
-                embedding, logits, indices.to(self.device), self.label_table_
-            )
+        with self.autocast(True):
+            embedding, logits = self.module_(rows, output="both")
+            loss = self.get_loss(logits, indices, X=rows, training=True)
+            if self.propagation_ is not None:
+                loss = loss + self.propagation_.training_term(
+                    embedding, logits, indices.to(self.device), self.label_table_
+                )
         loss.backward()
         return {"loss": loss, "y_pred": logits}
 
@@ -62,6 +65,11 @@ class SelfLabelNet(NeuralNet):
         # over heads of each head's cross-entropy.
         return self.criterion_(y_pred.reshape(-1, n_clusters), labels.reshape(-1))
 
+    def autocast(self, fast: bool):
+        """bfloat16 autocast where ``fast`` and the net trains in mixed precision."""
+        enabled = fast and self.mixed_precision
+        return torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=enabled)
+
     def inference_module(self) -> torch.nn.Module:
         """The ``SelfLabelModule`` itself, outside any data-parallel wrapper.
 
@@ -71,7 +79,12 @@ class SelfLabelNet(NeuralNet):
 
     @torch.no_grad()
     def forward_batches(
-        self, X, batch_size: int, output: str = "logits", head: int | None = None
+        self,
+        X,
+        batch_size: int,
+        output: str = "logits",
+        head: int | None = None,
+        fast: bool = False,
     ) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         """The outputs for consecutive batches of the rows of ``X``, in eval mode (clean rows).
 
@@ -84,6 +97,9 @@ class SelfLabelNet(NeuralNet):
         head : int or None
             With ``output="logits"``, keep only this head's logits, ``(batch, n_clusters)``,
             so that inference holds one head's outputs rather than all of them.
+        fast : bool
+            Compute in bfloat16 when the net trains in mixed precision (the training-time
+            passes of the label steps); the outputs are float32 either way.
         """
         module = self.inference_module()
         # A fitted network is left in eval mode and is then never switched: concurrent calls
@@ -93,21 +109,24 @@ class SelfLabelNet(NeuralNet):
             module.eval()
         try:
             for rows in iter_tensor_batches(X, batch_size, sparse=module.sparse_input):
-                outputs = module(rows.to(self.device), output=output)
-                yield outputs if head is None else outputs[head]
+                with self.autocast(fast):
+                    outputs = module(rows.to(self.device), output=output)
+                if head is not None:
+                    outputs = outputs[head]
+                yield tuple(o.float() for o in outputs) if output == "both" else outputs.float()
         finally:
             if was_training:
                 module.train()
 
     def evaluate_rows(
-        self, X, batch_size: int, output: str = "logits"
+        self, X, batch_size: int, output: str = "logits", fast: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``forward_batches`` over all rows of ``X``, joined: what the label steps see.
 
         Returns ``(n_heads, n_samples, n_clusters)`` logits, the ``(n_samples,
         embedding_dim)`` embedding, or both.
         """
-        parts = list(self.forward_batches(X, batch_size, output))
+        parts = list(self.forward_batches(X, batch_size, output, fast=fast))
         if output == "both":
             embeddings, logits = zip(*parts, strict=True)
             return torch.cat(embeddings), torch.cat(logits, dim=-2)

@@ -212,7 +212,7 @@ class LabelStep(Callback):
     def repartition(self, net, X) -> torch.Tensor:
         """Every head's labels from the neighbour links of the embedding of the rows ``X``."""
         n_clusters = self.mode.n_clusters
-        embedding = net.evaluate_rows(X, self.mode.batch_size, output="embedding")
+        embedding = net.evaluate_rows(X, self.mode.batch_size, output="embedding", fast=True)
         partition = neighbour_link_partition(embedding, n_clusters, random_state=self.seed)
         table = net.label_table_.cpu().numpy()
         renamed = [renamed_to_match(partition, head, n_clusters) for head in table]
@@ -224,10 +224,10 @@ class LabelStep(Callback):
         mode = self.mode
         weights = None
         if self.estimate_sizes_from is not None and epoch >= self.estimate_sizes_from:
-            embedding, logits = net.evaluate_rows(X, mode.batch_size, output="both")
+            embedding, logits = net.evaluate_rows(X, mode.batch_size, output="both", fast=True)
             weights = estimated_cluster_weights(embedding, net.label_table_, mode.n_clusters)
         else:
-            logits = net.evaluate_rows(X, mode.batch_size)
+            logits = net.evaluate_rows(X, mode.batch_size, fast=True)
         start = time.perf_counter()
         result = mode.solve(logits, weights, self.solver_state_)
         self.solver_seconds_ = time.perf_counter() - start

@@ -338,7 +338,8 @@ class OnlineLabelStep(Callback):
         module = net.inference_module()
         module.eval()
         try:
-            logits = module(rows.to(_module_device(module)))
+            with net.autocast(True):
+                logits = module(rows.to(_module_device(module)))
         finally:
             module.train()
         net.batch_labels_ = self.sinkhorn_(logits)

@@ -219,6 +219,7 @@ def _settings_to_dict(settings: Settings) -> dict:
         if settings.propagation is None
         else dataclasses.asdict(settings.propagation),
         "device": str(settings.device),
+        "mixed_precision": settings.mixed_precision,
         **{
             name: getattr(settings, name)
             for name in ("max_epochs", "batch_size", "lr", "weight_decay", "verbose", "seeds")
@@ -244,6 +245,7 @@ def _settings_from_dict(saved: dict, trusted: set[str], device: torch.device) ->
         if saved["propagation"] is None
         else PropagationSettings(**saved["propagation"]),
         device=resolve_device(str(device)),
+        mixed_precision=saved["mixed_precision"],
         accelerator=None,
         max_epochs=saved["max_epochs"],
         batch_size=saved["batch_size"],

@@ -92,6 +92,8 @@ class Settings:
     labels: LabelMode
     propagation: PropagationSettings | None
     device: torch.device
+    # bfloat16 autocast in training steps and the label steps' forward passes
+    mixed_precision: bool
     accelerator: Any
     max_epochs: int
     batch_size: int
@@ -221,11 +223,15 @@ def resolve_settings(
     n_init = 1 if chunk else _n_init(est, online, max_epochs * n_batches)
     seed = _seed_from(est.random_state)
     more = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=n_init - 1)
+    mixed_precision = est.mixed_precision
+    if mixed_precision == "auto":
+        mixed_precision = image_shape is not None and native_bfloat16(device)
     return Settings(
         network=network,
         labels=labels,
         propagation=propagation,
         device=device,
+        mixed_precision=bool(mixed_precision),
         accelerator=est.accelerator,
         max_epochs=max_epochs,
         batch_size=batch_size,
@@ -305,6 +311,13 @@ def _training_device(device: str, accelerator, propagation: bool) -> torch.devic
             "or use label_mode='online'."
         )
     return torch.device(accelerator.device)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (so that autocast to it is faster)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_device(device: str) -> torch.device:

@@ -171,6 +171,11 @@ class SelfLabelingClusterer(
         over processes. Needs ``propagation=False`` in offline mode.
     device : str, default="auto"
         Torch device; ``"auto"`` picks CUDA when available, else the CPU.
+    mixed_precision : bool or "auto", default="auto"
+        Train with bfloat16 autocast (the weights stay float32; ``predict``, ``transform``,
+        ``score`` and the last label step compute in float32). ``"auto"``: for image fits
+        (``image_shape``) on a device that computes bfloat16 natively (CUDA, or a CPU with
+        AVX-512 BF16 or AMX), else off. ``True`` on a device without native bfloat16 is slow.
     n_init : int or "auto", default="auto"
         Number of times the network is trained from different seeds; the fit with the highest
         ``score`` on the training rows is kept, as ``KMeans`` keeps the lowest inertia.
@@ -308,6 +313,7 @@ class SelfLabelingClusterer(
         "online_sinkhorn_iter": [Interval(Integral, 1, None, closed="left")],
         "accelerator": [HasMethods(["prepare", "backward"]), None],
         "device": [StrOptions({"auto"}), str],
+        "mixed_precision": ["boolean", StrOptions({"auto"})],
         "n_init": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -348,6 +354,7 @@ class SelfLabelingClusterer(
         online_sinkhorn_iter: int = 3,
         accelerator=None,
         device: str = "auto",
+        mixed_precision: bool | str = "auto",
         n_init: int | str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
@@ -384,6 +391,7 @@ class SelfLabelingClusterer(
         self.online_sinkhorn_iter = online_sinkhorn_iter
         self.accelerator = accelerator
         self.device = device
+        self.mixed_precision = mixed_precision
         self.n_init = n_init
         self.random_state = random_state
         self.verbose = verbose

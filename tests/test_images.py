@@ -171,3 +171,24 @@ def test_auto_epochs_give_image_fits_enough_steps():
     assert tabular.n_iter_ == 120
     explicit = SelfLabelingClusterer(image_shape=(4, 4), max_epochs=3, batch_size=40, **params)
     assert explicit.fit(X).n_iter_ == 3
+
+
+def test_mixed_precision_auto_trains_image_fits_in_bfloat16_where_native_and_predicts_in_float32(
+    digits,
+):
+    from sklearn_selflabel._settings import native_bfloat16
+
+    X, _ = digits
+    native = native_bfloat16(torch.device("cpu"))
+    image = tiny(image_shape=(8, 8)).fit(X)
+    assert image.net_.mixed_precision is native
+    assert tiny().fit(X).net_.mixed_precision is False
+    forced = tiny(image_shape=(8, 8), mixed_precision=True).fit(X)
+    assert forced.net_.mixed_precision is True
+    with forced.net_.autocast(True):
+        assert forced.net_.module_(torch.from_numpy(X[:4]), output="logits").dtype == torch.bfloat16
+    # Outside training the float32 weights give float32 outputs, and the same ones twice.
+    assert forced.transform(X).dtype == np.float32
+    np.testing.assert_array_equal(forced.predict(X), forced.labels_)
+    off = tiny(image_shape=(8, 8), mixed_precision=False).fit(X)
+    assert off.net_.mixed_precision is False

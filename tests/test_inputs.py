@@ -50,9 +50,7 @@ def tiny(**params) -> SelfLabelingClusterer:
 
 
 def blobs(n_samples: int = 90, n_features: int = 5, scale: float = 1.0):
-    X, y = make_blobs(
-        n_samples, n_features=n_features, centers=3, cluster_std=0.5, random_state=0
-    )
+    X, y = make_blobs(n_samples, n_features=n_features, centers=3, cluster_std=0.5, random_state=0)
     return X * scale, y
 
 

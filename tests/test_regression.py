@@ -114,7 +114,8 @@ def outputs(name: str) -> dict[str, np.ndarray]:
 
 def platform() -> str:
     """What the recorded floats depend on besides the code: torch's version and CPU kernels."""
-    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
+    bfloat16 = "native bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no bfloat16"
+    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, {bfloat16}"
 
 
 @pytest.fixture(scope="module")
