@@ -1,13 +1,21 @@
-"""Clustering quality on digits, USPS and MNIST-test: this estimator against classical baselines.
+"""Clustering quality: this estimator against classical baselines, on images and on flat rows.
 
 Runs, over several seeds, ``SelfLabelingClusterer`` with its defaults (rows as flat vectors)
-and with its defaults plus ``image_shape`` (the recommended configuration for images), and
-KMeans, Agglomerative (ward), Spectral (kNN graph) and a Gaussian mixture (on 50 PCA
-components; full covariances in 784 dimensions are not estimable from 10000 rows). Prints
-and writes ACC (Hungarian-matched accuracy), NMI and ARI as mean +- sd over seeds, the fit
-seconds and the smallest cluster as a share of N/K, then an ablation on USPS: SeLa alone,
-+ image augmentation, + invariance propagation, + estimated cluster sizes, and 1 head against
-the default 8.
+on every data set, and with its defaults plus ``image_shape`` (the recommended configuration
+for images) on the image sets, beside KMeans, Agglomerative (ward), Spectral (kNN graph), a
+Gaussian mixture (on at most 50 PCA components, or truncated SVD for sparse rows; full
+covariances in 784 dimensions are not estimable from 10000 rows) and, where umap-learn is
+installed (``pip install umap-learn``), UMAP + GMM as in N2D. Data: sklearn digits, USPS and
+MNIST-test (images, also clustered as flat rows), ``letter.npz`` (a 16-feature table, 26
+classes), ``text_2topics.npz`` (sparse TF-IDF, 2 topics), and sklearn's wine, breast cancer
+and iris, standardised for every method. ``n_clusters`` is the number of classes.
+
+Prints and writes ACC (Hungarian-matched accuracy), NMI and ARI as mean +- sd over seeds, the
+fit seconds and the smallest cluster as a share of N/K, then two ablations: on USPS images
+(SeLa alone, + image augmentation, + invariance propagation, + estimated cluster sizes, and
+1 head against the default 8) and on flat rows (USPS pixels and TF-IDF text: the tables'
+treatment, the detected kind's geometry alone, and the defaults, which add input-space
+neighbour positives, propagation and neighbour views).
 
     python benchmarks/quality.py --data-dir ../shared/data
 
@@ -27,23 +35,31 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 from joblib import Parallel, delayed
 from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
-from sklearn.datasets import load_digits
-from sklearn.decomposition import PCA
+from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
+from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy
 
 RESULTS = Path(__file__).parent / "results"
-N_CLUSTERS = 10
+# name -> (title, file in --data-dir or None for sklearn's, whether the rows are images)
 DATASETS = {
-    "digits": "sklearn digits (1797 x 8x8)",
-    "usps": "USPS (9298 x 16x16)",
-    "mnist": "MNIST-test (10000 x 28x28)",
+    "digits": ("sklearn digits (1797 x 8x8)", None, True),
+    "usps": ("USPS (9298 x 16x16)", "usps.npz", True),
+    "mnist": ("MNIST-test (10000 x 28x28)", "mnist_test.npz", True),
+    "letter": ("letter (20000 x 16 table, 26 classes)", "letter.npz", False),
+    "text": ("text_2topics (1946 x 7511 sparse TF-IDF)", "text_2topics.npz", False),
+    "wine": ("wine (178 x 13, standardised)", None, False),
+    "breast_cancer": ("breast cancer (569 x 30, standardised)", None, False),
+    "iris": ("iris (150 x 4, standardised)", None, False),
 }
+SKLEARN_TABLES = {"wine": load_wine, "breast_cancer": load_breast_cancer, "iris": load_iris}
 # method -> (label in the tables, whether it is given image_shape, estimator parameters)
 OURS = {
     "selflabel": ("SelfLabelingClusterer, defaults", False, {}),
@@ -59,33 +75,91 @@ ABLATION = {
     "full": ("+ estimated cluster sizes (= defaults + image_shape)", {}),
     "one_head": ("... with 1 head instead of 8", dict(n_heads=1)),
 }
-BASELINES = ["KMeans", "Agglomerative (ward)", "Spectral (kNN)", "GMM (PCA 50)"]
+FLAT_ABLATION_DATA = ["usps", "text"]
+FLAT_ABLATION = {
+    "as_table": (
+        "the tables' treatment (input_kind='tabular': per-feature scaling, noise views, "
+        "no propagation; the previous version's flat rows)",
+        dict(input_kind="tabular"),
+    ),
+    "kind_only": (
+        "the detected kind's scaling and geometry, without propagation or views",
+        dict(propagation=False),
+    ),
+    "full": (
+        "+ input-space neighbour positives, propagation and neighbour views (= defaults)",
+        {},
+    ),
+}
+BASELINES = [
+    "KMeans",
+    "Agglomerative (ward)",
+    "Spectral (kNN)",
+    "GMM (PCA <= 50)",
+    "UMAP + GMM",
+]
 
 
-def load(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def umap_installed() -> bool:
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available(name: str, data_dir: Path) -> bool:
+    file = DATASETS[name][1]
+    return file is None or (data_dir / file).exists()
+
+
+def load(name: str, data_dir: Path) -> tuple[np.ndarray | sp.csr_matrix, np.ndarray, tuple | None]:
+    """``(X, y, image_shape or None)``."""
     if name == "digits":
         X, y = load_digits(return_X_y=True)
         return X.astype(np.float32) / 16.0, y, (8, 8)
-    data = np.load(data_dir / ("mnist_test.npz" if name == "mnist" else "usps.npz"))
+    if name in SKLEARN_TABLES:
+        X, y = SKLEARN_TABLES[name](return_X_y=True)
+        return StandardScaler().fit_transform(X).astype(np.float32), y, None
+    data = np.load(data_dir / DATASETS[name][1])
+    if name == "text":
+        shape = tuple(data["shape"])
+        X = sp.csr_matrix((data["data"], data["indices"], data["indptr"]), shape=shape)
+        return X, data["y"], None
+    if name == "letter":
+        return data["X"].astype(np.float32), data["y"], None
     images = data["X"].astype(np.float32)
     if name == "mnist":
         images /= 255.0
     return images.reshape(len(images), -1), data["y"], images.shape[1:]
 
 
-def baseline(method: str, seed: int):
+def baseline(method: str, n_clusters: int, seed: int, X):
     if method == "KMeans":
-        return KMeans(N_CLUSTERS, n_init=10, random_state=seed)
+        return KMeans(n_clusters, n_init=10, random_state=seed)
     if method == "Agglomerative (ward)":
-        return AgglomerativeClustering(N_CLUSTERS, linkage="ward")
+        return AgglomerativeClustering(n_clusters, linkage="ward")
     if method == "Spectral (kNN)":
         return SpectralClustering(
-            N_CLUSTERS, affinity="nearest_neighbors", n_neighbors=10, random_state=seed
+            n_clusters, affinity="nearest_neighbors", n_neighbors=10, random_state=seed
         )
-    return make_pipeline(
-        PCA(50, random_state=seed),
-        GaussianMixture(N_CLUSTERS, covariance_type="full", n_init=3, random_state=seed),
+    gmm = GaussianMixture(n_clusters, covariance_type="full", n_init=3, random_state=seed)
+    if method == "UMAP + GMM":
+        import umap
+
+        # N2D's settings: as many dimensions as clusters, 20 neighbours, min_dist 0.
+        metric = "cosine" if sp.issparse(X) else "euclidean"
+        embed = umap.UMAP(
+            n_components=n_clusters, n_neighbors=20, min_dist=0.0, metric=metric, random_state=seed
+        )
+        return make_pipeline(embed, gmm)
+    n_components = min(50, X.shape[1])
+    reduce = (
+        TruncatedSVD(n_components, random_state=seed)
+        if sp.issparse(X)
+        else PCA(n_components, random_state=seed)
     )
+    return make_pipeline(reduce, gmm)
 
 
 def run_one(job: dict, data_dir: str) -> dict:
@@ -93,61 +167,55 @@ def run_one(job: dict, data_dir: str) -> dict:
 
     torch.set_num_threads(1)
     X, y, shape = load(job["data"], Path(data_dir))
+    n_clusters = len(np.unique(y))
     if job["method"] in BASELINES:
-        model = baseline(job["method"], job["seed"])
+        model = baseline(job["method"], n_clusters, job["seed"], X)
+        if job["method"] == "Agglomerative (ward)" and sp.issparse(X):
+            X = X.toarray()
     else:
         params = dict(job["params"], image_shape=shape if job["image"] else None)
-        model = SelfLabelingClusterer(N_CLUSTERS, random_state=job["seed"], **params)
+        model = SelfLabelingClusterer(n_clusters, random_state=job["seed"], **params)
     start = time.perf_counter()
     labels = model.fit_predict(X)
     seconds = time.perf_counter() - start
-    sizes = np.bincount(labels, minlength=N_CLUSTERS)
+    sizes = np.bincount(labels, minlength=n_clusters)
     return {
         **job,
         "acc": clustering_accuracy(y, labels),
         "nmi": normalized_mutual_info_score(y, labels),
         "ari": adjusted_rand_score(y, labels),
         "fit_s": seconds,
-        "min_share": float(sizes.min() / (len(y) / N_CLUSTERS)),
+        "min_share": float(sizes.min() / (len(y) / n_clusters)),
     }
 
 
-def jobs(datasets: list[str], seeds: list[int], ablation: bool) -> list[dict]:
+def job(table: str, data: str, method: str, seed: int, image: bool, params: dict) -> dict:
+    return dict(table=table, data=data, method=method, seed=seed, image=image, params=params)
+
+
+def jobs(datasets: list[str], seeds: list[int], ablation_seeds: list[int]) -> list[dict]:
+    baselines = [m for m in BASELINES if m != "UMAP + GMM" or umap_installed()]
     out = []
     for seed in seeds:
         for data in datasets:
             for method, (_, image, params) in OURS.items():
-                out.append(
-                    dict(
-                        table="main",
-                        data=data,
-                        method=method,
-                        seed=seed,
-                        image=image,
-                        params=params,
-                    )
-                )
-            for method in BASELINES:
-                # Ward and spectral clustering are deterministic up to the seed of the
-                # spectral embedding's k-means; one run of ward is enough.
+                if not image or DATASETS[data][2]:
+                    out.append(job("main", data, method, seed, image, params))
+            for method in baselines:
+                # Ward is deterministic; one run is enough.
                 if method == "Agglomerative (ward)" and seed != seeds[0]:
                     continue
-                out.append(
-                    dict(table="main", data=data, method=method, seed=seed, image=False, params={})
-                )
-        if ablation and "usps" in datasets:
+                out.append(job("main", data, method, seed, False, {}))
+    for seed in ablation_seeds:
+        if "usps" in datasets:
             for method, (_, params) in ABLATION.items():
                 if method != "full":  # the same fit as selflabel_image
-                    out.append(
-                        dict(
-                            table="ablation",
-                            data="usps",
-                            method=method,
-                            seed=seed,
-                            image=True,
-                            params=params,
-                        )
-                    )
+                    out.append(job("ablation", "usps", method, seed, True, params))
+        for data in FLAT_ABLATION_DATA:
+            if data in datasets:
+                for method, (_, params) in FLAT_ABLATION.items():
+                    if method != "full":  # the same fit as selflabel
+                        out.append(job("flat_ablation", data, method, seed, False, params))
     return out
 
 
@@ -179,12 +247,41 @@ def method_label(method: str) -> str:
 
 
 def equal_size_ceiling(y: np.ndarray) -> float:
-    """Highest ACC of any clustering into ``N_CLUSTERS`` clusters of equal size ``N / K``.
+    """Highest ACC of any clustering into as many clusters as classes, all of size ``N / K``.
 
     A cluster matched to class ``k`` can hold at most ``min(n_k, N / K)`` of its rows.
     """
-    counts = np.bincount(y, minlength=N_CLUSTERS)
-    return float(np.minimum(counts, len(y) / N_CLUSTERS).sum() / len(y))
+    counts = np.bincount(y)
+    return float(np.minimum(counts, len(y) / len(counts)).sum() / len(y))
+
+
+def select(results: list[dict], table: str, data: str, method: str) -> list[dict]:
+    return [r for r in results if (r["table"], r["data"], r["method"]) == (table, data, method)]
+
+
+def ablation_table(results: list[dict], data: str, configs: dict, table: str) -> list[str]:
+    lines = []
+    for method, (label, _) in configs.items():
+        # The full configuration is the main table's fit with the defaults.
+        full = "selflabel_image" if table == "ablation" else "selflabel"
+        rows = (
+            select(results, "main", data, full)
+            if method == "full"
+            else select(results, table, data, method)
+        )
+        if rows:
+            s = summarise(rows)
+            lines.append(
+                f"| {label} | {fmt(s['acc'])} | {fmt(s['nmi'])} | {s['fit_s']:.1f} | "
+                f"{s['min_share']:.2f} | {s['n']} |"
+            )
+    return lines
+
+
+ABLATION_HEADER = [
+    "| configuration | ACC | NMI | fit s | smallest cluster / (N/K) | runs |",
+    "|---|---|---|---|---|---|",
+]
 
 
 def tables(results: list[dict], datasets: list[str], data_dir: Path) -> tuple[str, dict]:
@@ -194,19 +291,17 @@ def tables(results: list[dict], datasets: list[str], data_dir: Path) -> tuple[st
         y = load(data, data_dir)[1]
         counts = np.bincount(y)
         lines += [
-            f"### {DATASETS[data]}",
+            f"### {DATASETS[data][0]}",
             "",
-            f"Classes hold {counts.min()} to {counts.max()} rows; a clustering into "
-            f"{N_CLUSTERS} equal clusters (the equipartition) can reach at most ACC "
+            f"{len(counts)} classes of {counts.min()} to {counts.max()} rows; a clustering into "
+            f"{len(counts)} equal clusters (the equipartition) can reach at most ACC "
             f"{equal_size_ceiling(y):.3f}.",
             "",
             "| method | ACC | NMI | ARI | fit s | smallest cluster / (N/K) | runs |",
             "|---|---|---|---|---|---|---|",
         ]
         for method in [*OURS, *BASELINES]:
-            rows = [
-                r for r in results if (r["table"], r["data"], r["method"]) == ("main", data, method)
-            ]
+            rows = select(results, "main", data, method)
             if not rows:
                 continue
             s = summary.setdefault(data, {})[method] = summarise(rows)
@@ -215,25 +310,15 @@ def tables(results: list[dict], datasets: list[str], data_dir: Path) -> tuple[st
                 f"{fmt(s['ari'])} | {s['fit_s']:.1f} | {s['min_share']:.2f} | {s['n']} |"
             )
         lines.append("")
-    ablation = []
-    for method, (label, _) in ABLATION.items():
-        # The full configuration is the main table's image fit on USPS.
-        table, name = ("main", "selflabel_image") if method == "full" else ("ablation", method)
-        rows = [r for r in results if (r["table"], r["data"], r["method"]) == (table, "usps", name)]
-        if rows:
-            s = summarise(rows)
-            ablation.append(
-                f"| {label} | {fmt(s['acc'])} | {fmt(s['nmi'])} | {s['fit_s']:.1f} | {s['n']} |"
-            )
+    ablation = ablation_table(results, "usps", ABLATION, "ablation")
     if ablation:
-        lines += [
-            "### Ablation on USPS (all with image_shape)",
-            "",
-            "| configuration | ACC | NMI | fit s | runs |",
-            "|---|---|---|---|---|",
-            *ablation,
-            "",
-        ]
+        lines += ["### Ablation on USPS (all with image_shape)", "", *ABLATION_HEADER]
+        lines += [*ablation, ""]
+    for data in FLAT_ABLATION_DATA:
+        flat = ablation_table(results, data, FLAT_ABLATION, "flat_ablation")
+        if len(flat) > 1:
+            lines += [f"### Ablation on flat rows: {DATASETS[data][0]}", "", *ABLATION_HEADER]
+            lines += [*flat, ""]
     return "\n".join(lines), summary
 
 
@@ -243,9 +328,9 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [*OURS, *BASELINES]
+    methods = [m for m in [*OURS, *BASELINES] if any(m in s for s in summary.values())]
     data_names = list(summary)
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         means = [summary[d].get(method, {"acc": (np.nan, 0)})["acc"][0] for d in data_names]
@@ -258,10 +343,13 @@ def plot(summary: dict, path: Path) -> None:
             label=method_label(method),
             capsize=2,
         )
-    ax.set_xticks(np.arange(len(data_names)) + 0.4 - width / 2, [DATASETS[d] for d in data_names])
+    ax.set_xticks(
+        np.arange(len(data_names)) + 0.4 - width / 2,
+        [DATASETS[d][0].split(" (")[0] for d in data_names],
+    )
     ax.set_ylabel("ACC (mean ± sd over seeds)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -270,18 +358,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--ablation-seeds", type=int, default=5, help="0: no ablations")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     args = parser.parse_args()
 
-    datasets = [
-        d
-        for d in args.datasets
-        if d == "digits"
-        or (args.data_dir / ("mnist_test.npz" if d == "mnist" else "usps.npz")).exists()
-    ]
+    datasets = [d for d in args.datasets if available(d, args.data_dir)]
     skipped = set(args.datasets) - set(datasets)
     if skipped:
         print(f"not found in {args.data_dir}: {sorted(skipped)} skipped")
@@ -291,13 +374,13 @@ def main() -> None:
         log.unlink()
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     finished = {key(r) for r in done}
-    todo = [
-        j
-        for j in jobs(datasets, list(range(args.seeds)), not args.no_ablation)
-        if key(j) not in finished
-    ]
+    seeds, ablation_seeds = list(range(args.seeds)), list(range(args.ablation_seeds))
+    todo = [j for j in jobs(datasets, seeds, ablation_seeds) if key(j) not in finished]
     # Longest first, so that the parallel workers finish together.
-    todo.sort(key=lambda j: (j["data"] != "mnist", j["method"] in BASELINES))
+    slow = ["mnist", "letter", "usps", "text"]
+    todo.sort(
+        key=lambda j: (j["method"] in BASELINES, slow.index(j["data"]) if j["data"] in slow else 9)
+    )
     print(f"{len(done)} fits on record, {len(todo)} to run with {args.jobs} processes")
     parallel = Parallel(n_jobs=args.jobs, return_as="generator_unordered")
     with log.open("a") as out:
@@ -306,7 +389,7 @@ def main() -> None:
             out.flush()
             done.append(result)
             print(
-                f"{result['data']:6} {result['method']:22} seed {result['seed']}: "
+                f"{result['data']:13} {result['method']:22} seed {result['seed']}: "
                 f"ACC {result['acc']:.3f} fit {result['fit_s']:.0f}s",
                 flush=True,
             )

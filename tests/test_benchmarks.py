@@ -78,3 +78,21 @@ def test_label_step_row_splits_the_solver_from_the_step():
     assert len(cells) == 11 and cells[:2] == ["digits", "defaults"]
     step_seconds, solver_seconds = float(cells[4]), float(cells[6])
     assert 0 < solver_seconds < step_seconds
+
+
+def test_quality_jobs_cover_every_set_and_images_only_where_rows_are_images():
+    quality = load_script("quality")
+    planned = quality.jobs(list(quality.DATASETS), seeds=[0, 1], ablation_seeds=[0])
+    for data, (_, _, is_image) in quality.DATASETS.items():
+        methods = {j["method"] for j in planned if (j["table"], j["data"]) == ("main", data)}
+        assert {"selflabel", "KMeans", "Spectral (kNN)", "GMM (PCA <= 50)"} <= methods
+        assert ("selflabel_image" in methods) == is_image
+    flat = {(j["data"], j["method"]) for j in planned if j["table"] == "flat_ablation"}
+    assert flat == {(d, m) for d in ("usps", "text") for m in ("as_table", "kind_only")}
+
+
+def test_quality_baseline_on_a_table_with_fewer_features_than_pca_components(tmp_path):
+    quality = load_script("quality")
+    job = dict(table="main", data="iris", method="GMM (PCA <= 50)", seed=0, image=False, params={})
+    row = quality.run_one(job, str(tmp_path))
+    assert row["acc"] > 0.5 and row["min_share"] > 0
