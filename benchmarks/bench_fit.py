@@ -72,22 +72,31 @@ model = SelfLabelingClusterer(k, random_state=seed, **params)
 start = time.perf_counter()
 model.fit(X)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "acc": clustering_accuracy(y, model.labels_)}))
+import sklearn_selflabel
+acc, package = clustering_accuracy(y, model.labels_), sklearn_selflabel.__file__
+print(json.dumps({"seconds": seconds, "acc": acc, "package": package}))
 """
 
 
 def run_child(package_root: Path, spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(package_root), "OMP_NUM_THREADS": str(spec["threads"])}
+    # `python -c` puts its working directory first on sys.path: run in the tree under test,
+    # or the package of the directory the script was started from would be imported.
     result = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(spec)],
         env=env,
+        cwd=package_root,
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"{spec} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    imported = Path(report.pop("package")).resolve()
+    if not imported.is_relative_to(package_root.resolve()):
+        raise RuntimeError(f"the fit imported {imported}, not the package in {package_root}")
+    return report
 
 
 def checkout(revision: str, directory: Path) -> Path:
@@ -171,7 +180,10 @@ def main() -> None:
                 results[name] = {"this": [], "other": []}
                 for i, seed in enumerate(args.seeds):
                     spec = dict(
-                        config=name, seed=seed, threads=args.threads, data_dir=str(args.data_dir)
+                        config=name,
+                        seed=seed,
+                        threads=args.threads,
+                        data_dir=str(args.data_dir.resolve()),
                     )
                     trees = [("this", ROOT)] + ([("other", other)] if other else [])
                     for label, tree in trees if i % 2 == 0 else trees[::-1]:

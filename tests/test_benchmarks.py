@@ -1,6 +1,7 @@
 """The benchmark scripts run against the current estimator (on tiny problems)."""
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -96,3 +97,17 @@ def test_quality_baseline_on_a_table_with_fewer_features_than_pca_components(tmp
     job = dict(table="main", data="iris", method="GMM (PCA <= 50)", seed=0, image=False, params={})
     row = quality.run_one(job, str(tmp_path))
     assert row["acc"] > 0.5 and row["min_share"] > 0
+
+
+def test_bench_fit_child_imports_the_package_of_the_tree_it_is_given(tmp_path):
+    bench_fit = load_script("bench_fit")
+    spec = dict(config="digits-flat", seed=0, threads=1, data_dir=str(tmp_path))
+    # A copy of the package elsewhere stands for another revision's checkout.
+    shutil.copytree(bench_fit.ROOT / "sklearn_selflabel", tmp_path / "sklearn_selflabel")
+    (tmp_path / "sklearn_selflabel" / "_settings.py").write_text(
+        (bench_fit.ROOT / "sklearn_selflabel" / "_settings.py")
+        .read_text()
+        .replace("_MIN_FLAT_STEPS = 3000", "_MIN_FLAT_STEPS = 1")
+    )
+    quick = bench_fit.run_child(tmp_path, spec)
+    assert 0 < quick["acc"] <= 1 and quick["seconds"] > 0
