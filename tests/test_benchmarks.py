@@ -111,3 +111,23 @@ def test_bench_fit_child_imports_the_package_of_the_tree_it_is_given(tmp_path):
     )
     quick = bench_fit.run_child(tmp_path, spec)
     assert 0 < quick["acc"] <= 1 and quick["seconds"] > 0
+
+
+def test_code_size_counts_code_not_docstrings_comments_or_blanks():
+    code_size = load_script("code_size")
+    source = '''"""Module docstring."""
+
+
+class SelfLabelingClusterer:
+    """Docstring
+    of two lines."""
+
+    # a comment
+    def fit(self, X):
+        return (
+            X
+        )
+'''
+    assert sorted(code_size.code_lines(source)) == [4, 9, 10, 11, 12]
+    assert code_size.class_size(source, "SelfLabelingClusterer") == (5, 2, 1)
+    assert code_size.class_size(source, "KMeans") is None
