@@ -82,9 +82,7 @@ def fit_child(spec: dict) -> dict:
     epoch_seconds = [float(s) for s in model.net_.history[:, "dur"]]
     y = np.load(data / "y.npy")
     if spec.get("save_model"):
-        import joblib
-
-        joblib.dump(model, spec["save_model"])
+        model.save(spec["save_model"])
     return {
         "fit_seconds": fit_seconds,
         "epoch_seconds": epoch_seconds,
@@ -97,11 +95,12 @@ def fit_child(spec: dict) -> dict:
 
 def predict_child(spec: dict) -> dict:
     """Rows per second of ``predict`` on in-memory float32 rows, best of three passes."""
-    import joblib
     import torch
 
+    import sklearn_selflabel
+
     torch.set_num_threads(spec["threads"])
-    model = joblib.load(spec["model"])
+    model = sklearn_selflabel.load(spec["model"])
     X = np.load(Path(spec["data"]) / "X.npy")[:PREDICT_ROWS]
     model.predict(X[:10_000])  # warm-up
     best = np.inf
@@ -142,7 +141,7 @@ def main() -> None:
         for n_samples in sorted({n for _, n, _ in runs}):
             (tmp / str(n_samples)).mkdir()
             make_data(tmp / str(n_samples), n_samples, args.seed)
-        model_path = tmp / "model.joblib"
+        model_path = tmp / "model.selflabel"
         for mode, n_samples, params in runs:
             spec = {
                 "mode": mode,

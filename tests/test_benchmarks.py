@@ -131,3 +131,16 @@ class SelfLabelingClusterer:
     assert sorted(code_size.code_lines(source)) == [4, 9, 10, 11, 12]
     assert code_size.class_size(source, "SelfLabelingClusterer") == (5, 2, 1)
     assert code_size.class_size(source, "KMeans") is None
+
+
+def test_sparse_scale_data_are_unit_rows_of_the_asked_density(tmp_path):
+    import scipy.sparse as sp
+
+    bench_sparse = load_script("bench_sparse")
+    bench_sparse.make_data(tmp_path, 2000, 5000, seed=0)
+    X = sp.load_npz(tmp_path / "X.npz")
+    y = np.load(tmp_path / "y.npy")
+    assert X.shape == (2000, 5000) and X.dtype == np.float32 and y.shape == (2000,)
+    assert 0.009 < X.nnz / (2000 * 5000) <= 0.01  # 50 terms a row, a few drawn twice
+    np.testing.assert_allclose(sp.linalg.norm(X, axis=1), 1.0, rtol=1e-5)
+    assert set(np.unique(y)) == set(range(bench_sparse.N_TOPICS))
