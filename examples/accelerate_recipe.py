@@ -31,7 +31,6 @@ def main() -> None:
     model = SelfLabelingClusterer(
         n_clusters=20,
         label_mode="online",
-        max_epochs=12,
         accelerator=accelerator,
         random_state=0,  # the same seed everywhere: the same initial weights and batch order
     )

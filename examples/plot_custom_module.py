@@ -51,8 +51,6 @@ model = SelfLabelingClusterer(
     n_clusters=10,
     module=ResidualEncoder,
     module_params={"width": 128, "n_blocks": 2, "embedding_dim": 32},
-    max_epochs=30,
-    n_label_steps=15,
     random_state=0,
 )
 labels = model.fit_predict(X)

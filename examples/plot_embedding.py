@@ -16,7 +16,7 @@ from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy
 from sklearn_selflabel.plotting import plot_embedding, plot_training_curves
 
 X, y = load_digits(return_X_y=True)
-model = SelfLabelingClusterer(n_clusters=10, max_epochs=30, n_label_steps=15, random_state=0)
+model = SelfLabelingClusterer(n_clusters=10, random_state=0)
 model.fit(X)
 print(f"embedding {model.transform(X).shape}")
 print(f"accuracy {clustering_accuracy(y, model.labels_):.3f}")

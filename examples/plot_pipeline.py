@@ -26,7 +26,7 @@ pipelines = {
     "self-labelling": make_pipeline(
         StandardScaler(),
         PCA(n_components=16, random_state=0),
-        SelfLabelingClusterer(n_clusters=10, max_epochs=30, n_label_steps=15, random_state=0),
+        SelfLabelingClusterer(n_clusters=10, random_state=0),
     ),
     "KMeans": make_pipeline(
         StandardScaler(),

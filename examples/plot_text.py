@@ -2,8 +2,11 @@
 Clustering text from a sparse TF-IDF matrix
 ===========================================
 
-``fit``, ``predict`` and ``transform`` accept scipy sparse matrices and densify them one batch
-at a time, never whole, so a TF-IDF matrix of a large vocabulary goes in as it is. The corpus
+``fit``, ``predict`` and ``transform`` accept scipy sparse matrices as they are: rows of
+non-negative sparse features are detected as ``input_kind="sparse"``, L2-normalised (cosine
+geometry), and fed to the first layer as sparse batches, so time and memory follow the number
+of non-zeros and a TF-IDF matrix of a large vocabulary is never densified. Training starts
+from KMeans labels in that geometry and learns from each document's nearest neighbours. The corpus
 here is built inside the example: short documents about four topics, each mixing words of its
 topic with common words and a few words of the other topics. The topics are used only to
 score, and to read the clusters by their most typical terms.
@@ -48,7 +51,7 @@ X = vectorizer.fit_transform(documents)  # scipy.sparse CSR, (600, n_terms)
 print(f"{X.shape[0]} documents, {X.shape[1]} terms, {X.nnz / np.prod(X.shape):.1%} non-zero")
 print("for example:", documents[0])
 
-model = SelfLabelingClusterer(n_clusters=4, max_epochs=20, n_label_steps=10, random_state=0)
+model = SelfLabelingClusterer(n_clusters=4, random_state=0)
 labels = model.fit_predict(X)
 print(f"accuracy {clustering_accuracy(topics, labels):.3f}")
 

@@ -92,6 +92,18 @@ def load(
     ValueError
         If the file is not a model file of sklearn-selflabel, is damaged or truncated, comes
         from a newer format version, or names a ``module`` class that is not trusted.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from sklearn.datasets import make_blobs
+    >>> from sklearn_selflabel import SelfLabelingClusterer, load
+    >>> X, _ = make_blobs(90, centers=3, random_state=0)
+    >>> model = SelfLabelingClusterer(n_clusters=3, max_epochs=5, random_state=0).fit(X)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.selflabel")
+    >>> model.save(path)
+    >>> bool((load(path).predict(X) == model.predict(X)).all())
+    True
     """
     from .clusterer import SelfLabelingClusterer
 

@@ -65,3 +65,15 @@ def test_docs_build_with_warnings_as_errors_and_run_every_example(tmp_path):
     reference = (html / "generated" / "sklearn_selflabel.SelfLabelingClusterer.html").read_text()
     for parameter in ("n_clusters", "sinkhorn_lambda", "checkpoint_dir", "on_interrupt"):
         assert f"<strong>{parameter}</strong>" in reference
+    # The image example shows the recommended configuration at its real quality.
+    montage = (html / "auto_examples" / "plot_images.html").read_text()
+    shown = re.search(r"(USPS|digits): \d+ images.*?accuracy (\d\.\d+)", montage, re.S)
+    assert shown, montage[-2000:]
+    assert float(shown.group(2)) >= (0.95 if shown.group(1) == "USPS" else 0.9)
+
+
+def test_gallery_examples_fit_with_the_default_schedule():
+    for path in (REPOSITORY / "examples").glob("*.py"):
+        code = path.read_text()
+        for cut in ("max_epochs=", "n_label_steps="):
+            assert cut not in code, f"{path.name} sets {cut[:-1]}"
