@@ -31,7 +31,12 @@ search = GridSearchCV(
 search.fit(X)
 
 results = pd.DataFrame(search.cv_results_)
-columns = ["param_sinkhorn_lambda", "param_propagation_weight", "mean_test_score", "rank_test_score"]
+columns = [
+    "param_sinkhorn_lambda",
+    "param_propagation_weight",
+    "mean_test_score",
+    "rank_test_score",
+]
 print(results[columns].sort_values("rank_test_score").to_string(index=False))
 
 # %%
