@@ -4,7 +4,7 @@ Quickstart: cluster handwritten digits
 
 Clusters scikit-learn's digits (1797 images of 8x8 pixels, 10 classes) with the default
 ``SelfLabelingClusterer``, with the same plus ``image_shape=(8, 8)`` (the rows are images),
-and with ``KMeans(n_init=10)``, over three seeds each, and prints the
+and with ``KMeans(n_init=10)``, over two seeds each, and prints the
 Hungarian-matched accuracy (ACC), NMI, ARI and fit seconds. The classes are used only to score.
 For the self-labelling fits it also prints the smallest of their clusters, relative to an
 equal share ``N / K``: training starts with equal clusters and, from half its label schedule
@@ -20,7 +20,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy
 
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1)
 
 
 def smallest_cluster_share(model) -> float:
