@@ -105,7 +105,6 @@ def build_net(
     )
     # What the net was built from, so that a saved model can be built again.
     net.build_settings_ = settings
-    net.mixed_precision = settings.mixed_precision
     return net
 
 

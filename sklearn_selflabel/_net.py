@@ -27,8 +27,6 @@ class SelfLabelNet(NeuralNet):
 
     # The label mode that trains this class of net.
     label_mode = "offline"
-    # bfloat16 autocast in training steps and in the passes with ``fast=True``.
-    mixed_precision = False
     label_table_: torch.Tensor
     # Set by the propagation callback when invariance propagation is on, and the neighbour
     # views of flat rows with it.
@@ -64,6 +62,12 @@ class SelfLabelNet(NeuralNet):
         # Every head sees the same batch, so the mean over all (head, row) pairs is the mean
         # over heads of each head's cross-entropy.
         return self.criterion_(y_pred.reshape(-1, n_clusters), labels.reshape(-1))
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether training steps and the passes with ``fast=True`` run in bfloat16 autocast."""
+        settings = getattr(self, "build_settings_", None)
+        return settings is not None and settings.mixed_precision
 
     def autocast(self, fast: bool):
         """bfloat16 autocast where ``fast`` and the net trains in mixed precision."""
