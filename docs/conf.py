@@ -45,5 +45,7 @@ sphinx_gallery_conf = {
     "reference_url": {"sklearn_selflabel": None},
     "remove_config_comments": True,
     "show_memory": False,
+    # Two examples run at a time (joblib processes), which halves the build on two cores.
+    "parallel": 2,
     "within_subsection_order": "gallery_order.GalleryOrder",
 }
