@@ -12,13 +12,27 @@ from torch import nn
 class SparseLinear(nn.Linear):
     """``nn.Linear`` that also multiplies a sparse (COO) batch directly.
 
-    Time and memory then follow the batch's non-zeros, not ``batch x n_features``.
+    Time and memory then follow the batch's non-zeros, not ``batch x n_features``. The weight
+    keeps ``nn.Linear``'s shape ``(out_features, in_features)`` but is stored as the transpose
+    of a contiguous ``(in_features, out_features)`` matrix, so that a sparse batch sums whole
+    contiguous rows of it (``embedding_bag``), which is many times faster than a sparse
+    product with the transposed weight.
     """
 
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.weight = nn.Parameter(self.weight.detach().t().contiguous().t())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_sparse:
-            return torch.sparse.mm(x, self.weight.t()) + self.bias
-        return super().forward(x)
+        if not x.is_sparse:
+            return super().forward(x)
+        x = x.coalesce()
+        rows, columns = x.indices()
+        offsets = torch.searchsorted(rows, torch.arange(x.shape[0], device=rows.device))
+        out = F.embedding_bag(
+            columns, self.weight.t(), offsets, mode="sum", per_sample_weights=x.values()
+        )
+        return out if self.bias is None else out + self.bias
 
 
 class MLPEncoder(nn.Module):

@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy, sinkhorn_equipartition
+from sklearn_selflabel.modules import SparseLinear
 from sklearn_selflabel.propagation import neighbour_link_partition
 
 
@@ -348,6 +349,24 @@ def test_sparse_input_matches_dense_and_is_densified_batch_by_batch(blobs, monke
     np.testing.assert_allclose(
         sparse.transform(sp.csr_matrix(X)), dense.transform(X), rtol=1e-4, atol=1e-5
     )
+
+
+def test_sparse_linear_gives_a_sparse_batch_the_dense_output_and_gradient():
+    torch.manual_seed(0)
+    layer = SparseLinear(40, 6)
+    X = sp.random(9, 40, density=0.15, random_state=0, format="csr", dtype=np.float32)
+    X = sp.vstack([X[:3], sp.csr_matrix((1, 40), dtype=np.float32), X[3:]]).tocoo()  # empty row
+    batch = torch.sparse_coo_tensor(np.vstack([X.row, X.col]), X.data, X.shape)
+    sparse_out = layer(batch)
+    (sparse_out**2).sum().backward()
+    sparse_grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    dense_out = layer(torch.from_numpy(X.toarray()))
+    (dense_out**2).sum().backward()
+    assert layer.weight.shape == (6, 40)  # nn.Linear's, so state dicts keep their shapes
+    torch.testing.assert_close(sparse_out, dense_out)
+    torch.testing.assert_close(sparse_grad, layer.weight.grad)
+    torch.testing.assert_close(sparse_out[3], layer.bias.detach())
 
 
 def test_dataframe_fit_records_feature_names_and_predicts_on_frames(blobs):
