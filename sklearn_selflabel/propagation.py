@@ -57,11 +57,15 @@ def nearest_neighbors(
         else:  # the largest x.y - |y|^2 / 2 is the nearest y
             half_sq_norms = 0.5 * (features * features).sum(dim=1)
 
-        # Blocks of a few hundred rows stay in cache while topk reads them.
+        # Blocks of a few hundred rows stay in cache while topk reads them; every block is
+        # written into one buffer, as a fresh block each time costs as much in page faults
+        # as the product itself.
         transposed = features.T.contiguous()
+        buffer = features.new_empty((min(chunk_size, len(features)), len(features)))
 
         def block_of(start: int) -> torch.Tensor:
-            block = features[start : start + chunk_size] @ transposed
+            rows = features[start : start + chunk_size]
+            block = torch.mm(rows, transposed, out=buffer[: len(rows)])
             return block if half_sq_norms is None else block.sub_(half_sq_norms)
 
     n_samples = features.shape[0]
