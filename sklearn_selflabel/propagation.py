@@ -354,6 +354,7 @@ def neighbour_link_partition(
     n_subclusters: int | None = None,
     n_neighbors: int = 10,
     max_rows: int = 50_000,
+    min_share: float = 0.25,
     random_state: int | None = None,
 ) -> np.ndarray:
     """Partition the rows by the nearest-neighbour links of the embedding, sizes left free.
@@ -364,7 +365,10 @@ def neighbour_link_partition(
     product of their sizes) merge, until ``n_clusters`` remain. Where an equipartition must
     split a large category and merge two small ones to give every cluster the same size,
     this keeps a category whole as long as its rows link to each other, and two categories
-    apart as long as few links join them.
+    apart as long as few links join them. A group that few or no links join to the rest
+    (such as a handful of near-identical rows) would merge last and end as a cluster of its
+    own; a final group of fewer than ``min_share`` times the equal share of rows joins the
+    group it links to most densely instead, and the merging runs again.
 
     Parameters
     ----------
@@ -380,6 +384,8 @@ def neighbour_link_partition(
     max_rows : int
         Above this many rows, KMeans and the links use evenly spaced rows only, and every
         row then takes the part of its nearest KMeans centre.
+    min_share : float, default=0.25
+        Final groups of fewer than ``min_share * n_samples / n_clusters`` rows join another.
     random_state : int, default=None
         Seed of KMeans.
 
@@ -400,11 +406,44 @@ def neighbour_link_partition(
     neighbors = nearest_neighbors(sample, n_neighbors).cpu().numpy()
     links = np.zeros((n_parts, n_parts))
     np.add.at(links, (np.repeat(parts, neighbors.shape[1]), parts[neighbors].ravel()), 1)
-    merged_into = _merge_densest_links(links + links.T, np.bincount(parts), n_clusters)
+    centres = kmeans.cluster_centers_[present]
+    min_size = min_share * len(sample) / n_clusters
+    merged_into = _merged_with_a_floor(
+        links + links.T, np.bincount(parts), centres, n_clusters, min_size
+    )
     if step > 1:
-        centres = kmeans.cluster_centers_[present]
         parts = pairwise_distances_argmin(rows.cpu().numpy(), centres)
     return np.unique(merged_into, return_inverse=True)[1][parts].astype(np.int64)
+
+
+def _merged_with_a_floor(
+    links: np.ndarray, sizes: np.ndarray, centres: np.ndarray, n_clusters: int, min_size: float
+) -> np.ndarray:
+    """``_merge_densest_links``, where a group of fewer than ``min_size`` rows at the end
+    (parts that few or no links join to the rest) is joined to the group it links to most
+    densely, or without links to the one with the most similar centre, and the merging
+    starts again from the parts with that join fixed, until no group is that small."""
+    joined = np.arange(len(sizes))  # each part's fixed representative
+    while True:
+        _, fixed = np.unique(joined, return_inverse=True)
+        one_hot = np.eye(fixed.max() + 1)[fixed]  # parts x fixed groups
+        merged = _merge_densest_links(
+            one_hot.T @ links @ one_hot, np.bincount(fixed, weights=sizes), n_clusters
+        )[fixed]
+        groups, of_part = np.unique(merged, return_inverse=True)
+        group_sizes = np.bincount(of_part, weights=sizes)
+        smallest = int(np.argmin(group_sizes))
+        if group_sizes[smallest] >= min_size or fixed.max() + 1 <= n_clusters:
+            return merged
+        members = of_part == smallest
+        to_group = np.bincount(of_part, weights=links[members].sum(axis=0)) / group_sizes
+        to_group[smallest] = -np.inf
+        if to_group.max() <= 0:  # no link at all: the most similar centre
+            sums = (sizes[:, None] * centres).T @ np.eye(len(groups))[of_part]
+            to_group = sums.T @ sums[:, smallest] / np.linalg.norm(sums, axis=0)
+            to_group[smallest] = -np.inf
+        target = int(np.argmax(to_group))
+        joined[members] = joined[np.flatnonzero(of_part == target)[0]]
 
 
 def _merge_densest_links(links: np.ndarray, sizes: np.ndarray, n_clusters: int) -> np.ndarray:

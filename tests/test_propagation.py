@@ -202,6 +202,22 @@ def test_link_partition_keeps_unequal_blobs_whole():
     )
 
 
+def test_link_partition_joins_a_small_island_to_the_nearest_part_instead_of_keeping_it():
+    # Two blobs of 200 rows that touch, and 15 near-identical rows that few links join to
+    # them: average linkage alone would keep the 15 rows as a cluster and merge the blobs.
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 200)
+    blobs = np.eye(2, 8)[truth] * 2.5 + rng.normal(size=(400, 8))
+    island = np.eye(1, 8, 2) * 12 + np.eye(1, 8, 0) * 6 + 0.01 * rng.normal(size=(15, 8))
+    features = torch.from_numpy(np.vstack([blobs, island])).float()
+    labels = neighbour_link_partition(features, 2, random_state=0)
+    assert np.bincount(labels).min() > 150
+    assert adjusted_rand_score(truth, labels[:400]) > 0.7
+    assert len(np.unique(labels[400:])) == 1
+    kept = neighbour_link_partition(features, 2, min_share=0.0, random_state=0)
+    assert np.bincount(kept).min() < 30  # the island and a few outlying rows
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # no 0 / 0 densities of empty parts
 def test_link_partition_of_duplicate_rows_has_no_empty_parts():
     # Three distinct points, 30 rows: KMeans finds 3 parts of the 20 asked for.
