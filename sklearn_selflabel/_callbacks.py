@@ -151,8 +151,8 @@ class PropagationRefresh(Callback):
             ]
         )
 
-    def _positives(self, features: torch.Tensor) -> torch.Tensor:
-        neighbors = nearest_neighbors(features, self.settings.n_neighbors)
+    def _positives(self, features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        neighbors = nearest_neighbors(features, self.settings.n_neighbors, dtype=dtype)
         return hardest_positives(
             features, neighbors, self.settings.n_hops, self.settings.n_positives
         )
@@ -160,7 +160,9 @@ class PropagationRefresh(Callback):
     def on_epoch_end(self, net, **kwargs) -> None:
         epoch = len(net.history) - 1
         if epoch in self.epochs:
-            net.propagation_.positives = self._positives(net.propagation_.bank)
+            # A bank filled under bfloat16 autocast is searched at that precision too.
+            dtype = torch.bfloat16 if net.mixed_precision else torch.float32
+            net.propagation_.positives = self._positives(net.propagation_.bank, dtype)
 
     def on_train_end(self, net, **kwargs) -> None:
         # The bank is an N x d training buffer; a fitted model does not need it, nor the views.

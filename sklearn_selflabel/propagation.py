@@ -20,7 +20,11 @@ from sklearn.preprocessing import normalize
 
 @torch.no_grad()
 def nearest_neighbors(
-    features, n_neighbors: int, chunk_size: int = 256, metric: str = "cosine"
+    features,
+    n_neighbors: int,
+    chunk_size: int = 256,
+    metric: str = "cosine",
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Exact k nearest neighbours of every row among the others, in row chunks.
 
@@ -35,6 +39,10 @@ def nearest_neighbors(
         Rows per block.
     metric : {"cosine", "euclidean"}, default="cosine"
         Cosine similarity (rows L2-normalised here) or Euclidean distance.
+    dtype : torch.dtype, default=torch.float32
+        Precision of the similarities of dense rows; ``torch.bfloat16`` halves the time on
+        devices that compute it natively, and can swap neighbours whose similarities agree
+        to about three digits.
 
     Returns
     -------
@@ -55,7 +63,8 @@ def nearest_neighbors(
         if metric == "cosine":
             features = F.normalize(features, dim=1)
         else:  # the largest x.y - |y|^2 / 2 is the nearest y
-            half_sq_norms = 0.5 * (features * features).sum(dim=1)
+            half_sq_norms = (0.5 * (features * features).sum(dim=1)).to(dtype)
+        features = features.to(dtype)
 
         # Blocks of a few hundred rows stay in cache while topk reads them; every block is
         # written into one buffer, as a fresh block each time costs as much in page faults
