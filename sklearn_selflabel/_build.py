@@ -38,7 +38,12 @@ def module_for(
     elif network.image_shape is not None:
         encoder = ConvEncoder(network.image_shape, embedding_dim=network.embedding_dim)
     else:
-        encoder = MLPEncoder(n_features, network.hidden_layer_sizes, network.embedding_dim)
+        encoder = MLPEncoder(
+            n_features,
+            network.hidden_layer_sizes,
+            network.embedding_dim,
+            sparse_input=network.sparse_batches,
+        )
     embedding_dim = _output_size(encoder, n_features)
     if network.image_shape is None:
         augment = TabularAugment(network.augment_strength)

@@ -38,8 +38,6 @@ class SparseLinear(nn.Linear):
 class MLPEncoder(nn.Module):
     """Fully connected encoder ``Φ``: ``Linear, BatchNorm, ReLU`` blocks, then a linear embedding.
 
-    The first layer takes dense or sparse (COO) batches.
-
     Parameters
     ----------
     n_features : int
@@ -48,6 +46,9 @@ class MLPEncoder(nn.Module):
         Width of each hidden block.
     embedding_dim : int
         Size of the embedding returned by ``forward``.
+    sparse_input : bool, default=False
+        Whether the first layer is a ``SparseLinear``, which takes sparse (COO) batches as
+        well; its weight layout suits them and makes dense batches a little slower.
     """
 
     def __init__(
@@ -55,15 +56,17 @@ class MLPEncoder(nn.Module):
         n_features: int,
         hidden_layer_sizes: Sequence[int] = (256, 256),
         embedding_dim: int = 64,
+        sparse_input: bool = False,
     ) -> None:
         super().__init__()
+        first = SparseLinear if sparse_input else nn.Linear
         layers: list[nn.Module] = []
         width = n_features
         for size in hidden_layer_sizes:
-            first = SparseLinear if not layers else nn.Linear
-            layers += [first(width, size), nn.BatchNorm1d(size), nn.ReLU()]
+            layers += [(nn.Linear if layers else first)(width, size)]
+            layers += [nn.BatchNorm1d(size), nn.ReLU()]
             width = size
-        layers.append((SparseLinear if not layers else nn.Linear)(width, embedding_dim))
+        layers.append((nn.Linear if layers else first)(width, embedding_dim))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
