@@ -1,6 +1,7 @@
 """The benchmark scripts run against the current estimator (on tiny problems)."""
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -79,6 +80,21 @@ def test_label_step_row_splits_the_solver_from_the_step():
     assert len(cells) == 11 and cells[:2] == ["digits", "defaults"]
     step_seconds, solver_seconds = float(cells[4]), float(cells[6])
     assert 0 < solver_seconds < step_seconds
+
+
+def test_a_quality_run_of_some_sets_reports_every_set_on_record(tmp_path, monkeypatch):
+    quality = load_script("quality")
+    monkeypatch.setattr(quality, "RESULTS", tmp_path)
+    records = [
+        quality.run_one(quality.job("main", data, "KMeans", 0, False, {}), str(tmp_path))
+        for data in ("wine", "iris")
+    ]
+    (tmp_path / "quality.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    argv = ["quality.py", "--datasets", "iris", "--seeds", "1", "--report-only"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--data-dir", str(tmp_path)])
+    quality.main()
+    report = (tmp_path / "quality.md").read_text()
+    assert "### wine" in report and "### iris" in report
 
 
 def test_quality_jobs_cover_every_set_and_images_only_where_rows_are_images():
