@@ -160,9 +160,8 @@ class PropagationRefresh(Callback):
     def on_epoch_end(self, net, **kwargs) -> None:
         epoch = len(net.history) - 1
         if epoch in self.epochs:
-            # A bank filled under bfloat16 autocast is searched at that precision too.
-            dtype = torch.bfloat16 if net.mixed_precision else torch.float32
-            net.propagation_.positives = self._positives(net.propagation_.bank, dtype)
+            # The bank is filled by fast passes, and is searched at their precision too.
+            net.propagation_.positives = self._positives(net.propagation_.bank, net.fast_dtype)
 
     def on_train_end(self, net, **kwargs) -> None:
         # The bank is an N x d training buffer; a fitted model does not need it, nor the views.

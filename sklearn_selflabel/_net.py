@@ -69,10 +69,15 @@ class SelfLabelNet(NeuralNet):
         settings = getattr(self, "build_settings_", None)
         return settings is not None and settings.mixed_precision
 
+    @property
+    def fast_dtype(self) -> torch.dtype:
+        """The precision of training steps and of the passes with ``fast=True``."""
+        return torch.bfloat16 if self.mixed_precision else torch.float32
+
     def autocast(self, fast: bool):
-        """bfloat16 autocast where ``fast`` and the net trains in mixed precision."""
+        """Autocast to ``fast_dtype`` where ``fast`` and the net trains in mixed precision."""
         enabled = fast and self.mixed_precision
-        return torch.autocast(torch.device(self.device).type, torch.bfloat16, enabled=enabled)
+        return torch.autocast(torch.device(self.device).type, self.fast_dtype, enabled=enabled)
 
     def inference_module(self) -> torch.nn.Module:
         """The ``SelfLabelModule`` itself, outside any data-parallel wrapper.

@@ -13,6 +13,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn_selflabel.propagation import (
     InvariancePropagation,
     _merge_densest_links,
+    _merged_with_a_floor,
     hardest_positives,
     nearest_neighbors,
     neighbour_link_partition,
@@ -216,6 +217,21 @@ def test_link_partition_joins_a_small_island_to_the_nearest_part_instead_of_keep
     assert len(np.unique(labels[400:])) == 1
     kept = neighbour_link_partition(features, 2, min_share=0.0, random_state=0)
     assert np.bincount(kept).min() < 30  # the island and a few outlying rows
+
+
+def test_a_small_group_without_links_joins_the_group_with_the_most_similar_centre():
+    # Parts 0 and 1 link to each other, part 2 to neither; part 3 links to part 2 only.
+    links = np.zeros((4, 4))
+    links[0, 1] = links[1, 0] = 5.0
+    links[2, 3] = links[3, 2] = 5.0
+    sizes = np.array([50, 50, 5, 5])
+    centres = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    merged = _merged_with_a_floor(links, sizes, centres, n_clusters=2, min_size=20)
+    # Average linkage ends with {0, 1} and {2, 3} (10 rows). No link joins {2, 3} to {0, 1}, so
+    # it joins by centre; merging again from there keeps parts 0 and 1 apart.
+    assert len(np.unique(merged)) == 2
+    assert merged[2] == merged[3]
+    assert merged[0] != merged[1]
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # no 0 / 0 densities of empty parts
