@@ -9,7 +9,7 @@ from sklearn.model_selection import GridSearchCV
 
 from sklearn_selflabel import SelfLabelingClusterer
 from sklearn_selflabel.augment import ImageAugment, TabularAugment
-from sklearn_selflabel.modules import ConvEncoder
+from sklearn_selflabel.modules import ConvEncoder, GridAveragePool
 
 
 def images(n=8, shape=(1, 12, 12), seed=0):
@@ -80,6 +80,18 @@ def test_conv_encoder_embeds_the_last_map_pooled_onto_a_grid(pooled_size):
     encoder = ConvEncoder((1, 12, 12), channels=(4, 8, 8), embedding_dim=5, pooled_size=pooled_size)
     assert encoder.layers[-1].in_features == 8 * pooled_size**2
     assert encoder(images(3)).shape == (3, 5)
+
+
+@pytest.mark.parametrize(
+    ("input_size", "size"), [((7, 7), 3), ((4, 4), 3), ((2, 2), 3), ((5, 3), 2), ((9, 9), 1)]
+)
+def test_grid_pooling_is_adaptive_average_pooling(input_size, size):
+    maps = torch.randn(4, 6, *input_size).contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.AdaptiveAvgPool2d(size)(maps)
+    pooled = GridAveragePool(input_size, size)(maps)
+    torch.testing.assert_close(pooled, expected)
+    torch.testing.assert_close(GridAveragePool(input_size, size)(maps.contiguous()), expected)
+    assert not GridAveragePool(input_size, size).state_dict()
 
 
 def tiny(**params):
