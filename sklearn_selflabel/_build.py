@@ -75,8 +75,9 @@ def build_net(
     """
     callbacks = [("label_step", label_step), ("finite_loss", FiniteLossGuard())]
     if settings.propagation is not None:
+        every = settings.propagation.refresh_every
         refresh = PropagationRefresh(
-            label_step.epochs,
+            frozenset(sorted(label_step.epochs)[::every]),
             settings.propagation,
             batch_size=settings.batch_size,
             seed=seed,

@@ -85,7 +85,7 @@ class PropagationRefresh(Callback):
     Parameters
     ----------
     epochs : collection of int
-        The label steps' epochs.
+        Epochs after which the positives are found again in the memory bank.
     settings : PropagationSettings
         Neighbours, hops, positives and the weights and constants of the training terms.
     batch_size : int

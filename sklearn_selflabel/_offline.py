@@ -130,14 +130,19 @@ def kmeans_labels(X, n_clusters: int, n_heads: int, seed: int) -> np.ndarray:
 
 
 def estimated_cluster_weights(
-    embedding: torch.Tensor, labels: torch.Tensor, n_clusters: int
+    embedding: torch.Tensor,
+    labels: torch.Tensor,
+    n_clusters: int,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Cluster sizes that the embedding supports, for labels of shape ``(n_samples,)`` or
     ``(n_heads, n_samples)``: the shares after a majority vote of each row's nearest
-    neighbours (``neighbour_vote_shares``), none below half the equal share, so that no
-    cluster can be voted away.
+    neighbours (``neighbour_vote_shares``, neighbours searched at ``dtype``), none below half
+    the equal share, so that no cluster can be voted away.
     """
-    return neighbour_vote_shares(embedding, labels, n_clusters, min_share=0.5 / n_clusters)
+    return neighbour_vote_shares(
+        embedding, labels, n_clusters, min_share=0.5 / n_clusters, dtype=dtype
+    )
 
 
 def renamed_to_match(labels: np.ndarray, reference: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -225,7 +230,10 @@ class LabelStep(Callback):
         weights = None
         if self.estimate_sizes_from is not None and epoch >= self.estimate_sizes_from:
             embedding, logits = net.evaluate_rows(X, mode.batch_size, output="both", fast=True)
-            weights = estimated_cluster_weights(embedding, net.label_table_, mode.n_clusters)
+            # A fast pass's embedding, searched at its precision.
+            weights = estimated_cluster_weights(
+                embedding, net.label_table_, mode.n_clusters, dtype=net.fast_dtype
+            )
         else:
             logits = net.evaluate_rows(X, mode.batch_size, fast=True)
         start = time.perf_counter()

@@ -186,6 +186,7 @@ def neighbour_vote_shares(
     n_neighbors: int = 10,
     max_rows: int = 50_000,
     min_share: float = 0.0,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Cluster shares after each row takes the majority label of its nearest neighbours.
 
@@ -212,6 +213,8 @@ def neighbour_vote_shares(
         ``n_clusters`` numbers; the neighbour search grows with the square of the rows).
     min_share : float
         Shares below this are raised to it before the shares are normalised again.
+    dtype : torch.dtype, default=torch.float32
+        Precision of the neighbour search (``nearest_neighbors``).
 
     Returns
     -------
@@ -221,7 +224,7 @@ def neighbour_vote_shares(
     step = -(-features.shape[0] // max_rows)
     features = features[::step]
     label_rows = labels.reshape(-1, labels.shape[-1])[:, ::step].to(features.device)
-    neighbors = nearest_neighbors(features, n_neighbors)
+    neighbors = nearest_neighbors(features, n_neighbors, dtype=dtype)
     own = torch.arange(features.shape[0], device=features.device)
     shares = np.empty((len(label_rows), n_clusters))
     for head, head_labels in enumerate(label_rows):
