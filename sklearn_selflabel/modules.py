@@ -100,7 +100,8 @@ class GridAveragePool(nn.Module):
     The pooling windows of maps of known size are fixed, so the pooled grid is a
     ``(size**2, H * W)`` matrix that marks each window's pixels, times every map, divided by
     the windows' areas. On channels-last maps that is one batched product and its backward
-    another, several times faster on the CPU than adaptive pooling's backward.
+    another; adaptive pooling's backward took about 2 ms of a 30 ms training step on the CPU
+    (MNIST-sized images).
 
     Parameters
     ----------
@@ -115,8 +116,8 @@ class GridAveragePool(nn.Module):
         height, width = input_size
         self.size = size
         windows = torch.kron(_windows(height, size), _windows(width, size))
-        # Not saved: they follow from the sizes, which the model's settings hold. Windows of
-        # ones and a division by the area are exact in bfloat16 too, as pooling is.
+        # Not saved: they follow from the sizes, which the model's settings hold. Marks of
+        # ones stay exact in bfloat16, where weights such as 1/9 would be rounded.
         self.register_buffer("windows", windows, persistent=False)
         self.register_buffer("areas", windows.sum(dim=1, keepdim=True), persistent=False)
 
