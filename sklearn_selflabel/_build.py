@@ -75,9 +75,8 @@ def build_net(
     """
     callbacks = [("label_step", label_step), ("finite_loss", FiniteLossGuard())]
     if settings.propagation is not None:
-        every = settings.propagation.refresh_every
         refresh = PropagationRefresh(
-            frozenset(sorted(label_step.epochs)[::every]),
+            label_step.epochs,
             settings.propagation,
             batch_size=settings.batch_size,
             seed=seed,

@@ -79,13 +79,13 @@ class PropagationRefresh(Callback):
     network's embedding carries no category-level structure yet): for images by hops among
     the standardised rows, for flat rows their nearest neighbours in the input geometry, with
     whom the neighbour views then mix them. The memory bank holds the clean embedding of every
-    row; after each epoch in ``epochs`` the positives are found again in it, by hops, while
-    training keeps updating it.
+    row; after every ``settings.refresh_every``-th label step the positives are found again in
+    it, by hops, while training keeps updating it.
 
     Parameters
     ----------
     epochs : collection of int
-        Epochs after which the positives are found again in the memory bank.
+        The label steps' epochs.
     settings : PropagationSettings
         Neighbours, hops, positives and the weights and constants of the training terms.
     batch_size : int
@@ -101,6 +101,10 @@ class PropagationRefresh(Callback):
         self.settings = settings
         self.batch_size = batch_size
         self.seed = seed
+
+    def initialize(self) -> PropagationRefresh:
+        self.refresh_epochs_ = frozenset(sorted(self.epochs)[:: self.settings.refresh_every])
+        return self
 
     def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
         if net.propagation_ is not None and holds_rows(net.propagation_.bank, len(X), axis=0):
@@ -159,7 +163,7 @@ class PropagationRefresh(Callback):
 
     def on_epoch_end(self, net, **kwargs) -> None:
         epoch = len(net.history) - 1
-        if epoch in self.epochs:
+        if epoch in self.refresh_epochs_:
             # The bank is filled by fast passes, and is searched at their precision too.
             net.propagation_.positives = self._positives(net.propagation_.bank, net.fast_dtype)
 

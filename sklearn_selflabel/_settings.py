@@ -193,9 +193,9 @@ def resolve_settings(
     propagation = None
     auto_propagation = kind == "image" or kind in _NEIGHBOUR_KINDS
     if not online and (auto_propagation if est.propagation == "auto" else est.propagation):
-        by_kind: dict = {"refresh_every": 2}
+        flat = {}
         if kind != "image":
-            by_kind = dict(
+            flat = dict(
                 input_positives="knn",
                 input_space="raw" if METRIC[kind] == "cosine" else "standardised",
                 input_metric=METRIC[kind],
@@ -207,7 +207,8 @@ def resolve_settings(
             n_positives=est.propagation_positives,
             label_weight=est.propagation_weight,
             contrast_weight=est.propagation_contrast,
-            **by_kind,
+            refresh_every=2 if kind == "image" else 1,
+            **flat,
         )
     if trained_on is None:
         device = _training_device(est.device, est.accelerator, propagation is not None)
