@@ -13,9 +13,11 @@ and iris, standardised for every method. ``n_clusters`` is the number of classes
 Prints and writes ACC (Hungarian-matched accuracy), NMI and ARI as mean +- sd over seeds, the
 fit seconds and the smallest cluster as a share of N/K, then two ablations: on USPS images
 (SeLa alone, + image augmentation, + invariance propagation, + estimated cluster sizes, and
-1 head against the default 8) and on flat rows (USPS pixels and TF-IDF text: the tables'
-treatment, the detected kind's geometry alone, and the defaults, which add input-space
-neighbour positives, propagation and neighbour views).
+1 head against the default 8) and on flat rows: USPS pixels (the tables' treatment, the
+detected kind's geometry alone, and the defaults, which add input-space neighbour positives,
+propagation and neighbour views) and TF-IDF text (the tables' treatment, the sparse kind
+without views, the defaults, which add views that drop terms, and the defaults with
+propagation and neighbour views as well).
 
     python benchmarks/quality.py --data-dir ../shared/data
 
@@ -75,21 +77,37 @@ ABLATION = {
     "full": ("+ estimated cluster sizes (= defaults + image_shape)", {}),
     "one_head": ("... with 1 head instead of 8", dict(n_heads=1)),
 }
-FLAT_ABLATION_DATA = ["usps", "text"]
+# data -> method -> (label, estimator parameters); "full" is the main table's defaults fit.
+AS_TABLE = (
+    "the tables' treatment (input_kind='tabular': per-feature scaling, noise views, "
+    "no propagation; the previous version's flat rows)",
+    dict(input_kind="tabular"),
+)
 FLAT_ABLATION = {
-    "as_table": (
-        "the tables' treatment (input_kind='tabular': per-feature scaling, noise views, "
-        "no propagation; the previous version's flat rows)",
-        dict(input_kind="tabular"),
-    ),
-    "kind_only": (
-        "the detected kind's scaling and geometry, without propagation or views",
-        dict(propagation=False),
-    ),
-    "full": (
-        "+ input-space neighbour positives, propagation and neighbour views (= defaults)",
-        {},
-    ),
+    "usps": {
+        "as_table": AS_TABLE,
+        "kind_only": (
+            "the detected kind's scaling and geometry, without propagation or views",
+            dict(propagation=False),
+        ),
+        "full": (
+            "+ input-space neighbour positives, propagation and neighbour views (= defaults)",
+            {},
+        ),
+    },
+    "text": {
+        "as_table": AS_TABLE,
+        "kind_only": (
+            "the sparse kind's scaling, geometry and KMeans start, no views",
+            dict(augment_strength=0.0),
+        ),
+        "full": ("+ views that drop terms (= defaults)", {}),
+        "propagation": (
+            "... with propagation and neighbour views as well (the previous version's sparse "
+            "recipe, less its re-partition)",
+            dict(propagation=True),
+        ),
+    },
 }
 BASELINES = [
     "KMeans",
@@ -216,9 +234,9 @@ def jobs(datasets: list[str], seeds: list[int], ablation_seeds: list[int]) -> li
             for method, (_, params) in ABLATION.items():
                 if method != "full":  # the same fit as selflabel_image
                     out.append(job("ablation", "usps", method, seed, True, params))
-        for data in FLAT_ABLATION_DATA:
+        for data, configs in FLAT_ABLATION.items():
             if data in datasets:
-                for method, (_, params) in FLAT_ABLATION.items():
+                for method, (_, params) in configs.items():
                     if method != "full":  # the same fit as selflabel
                         out.append(job("flat_ablation", data, method, seed, False, params))
     return out
@@ -319,8 +337,8 @@ def tables(results: list[dict], datasets: list[str], data_dir: Path) -> tuple[st
     if len(ablation) > 1:  # more than the main table's fit
         lines += ["### Ablation on USPS (all with image_shape)", "", *ABLATION_HEADER]
         lines += [*ablation, ""]
-    for data in FLAT_ABLATION_DATA:
-        flat = ablation_table(results, data, FLAT_ABLATION, "flat_ablation")
+    for data, configs in FLAT_ABLATION.items():
+        flat = ablation_table(results, data, configs, "flat_ablation")
         if len(flat) > 1:
             lines += [f"### Ablation on flat rows: {DATASETS[data][0]}", "", *ABLATION_HEADER]
             lines += [*flat, ""]

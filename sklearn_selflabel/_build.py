@@ -13,7 +13,7 @@ from ._data import shuffled_batch_loader
 from ._geometry import input_scaling
 from ._net import SelfLabelNet
 from ._settings import NetworkSettings, Settings
-from .augment import ImageAugment, TabularAugment
+from .augment import ImageAugment, TabularAugment, TermDropout
 from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelModule
 
 
@@ -45,11 +45,14 @@ def module_for(
             sparse_input=network.sparse_batches,
         )
     embedding_dim = _output_size(encoder, n_features)
-    if network.image_shape is None:
-        augment = TabularAugment(network.augment_strength)
-    else:
-        augment = ImageAugment(network.image_shape, network.augment_strength)
     sparse = network.input_kind == "sparse"
+    augment: nn.Module
+    if network.image_shape is not None:
+        augment = ImageAugment(network.image_shape, network.augment_strength)
+    elif sparse:
+        augment = TermDropout(network.augment_strength / 2)
+    else:
+        augment = TabularAugment(network.augment_strength)
     return SelfLabelModule(
         encoder,
         MultiHeadClassifier(embedding_dim, network.n_clusters, network.n_heads),

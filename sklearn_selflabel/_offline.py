@@ -4,7 +4,8 @@ A ``(n_heads, n_samples)`` label table starts as a random equal split. After the
 epochs (dense early, sparse late) the network's logits on the clean training rows go through
 ``sinkhorn_equipartition`` and ``argmax Q`` rewrites the table. With estimated cluster sizes,
 the first step from half the schedule on re-partitions every head by the embedding's
-nearest-neighbour links, and the later steps aim at the sizes that a neighbour vote supports.
+nearest-neighbour links (unless the mode says otherwise: sparse rows keep their labels), and
+the later steps aim at the sizes that a neighbour vote supports.
 ``fitted_head`` runs one more such step on the trained network: it fixes ``logit_offsets_``.
 ``ChunkLabelStep`` labels a ``partial_fit`` chunk by one step before training on it.
 """
@@ -50,6 +51,8 @@ class OfflineLabels:
     # "random": SeLa's random equal split; "kmeans": each head's KMeans of the L2-normalised
     # input rows, from a seed of its own.
     initial_labels: str = "random"
+    # With estimated sizes, whether their first step re-partitions by the embedding's links.
+    repartition: bool = True
 
     name: ClassVar[str] = "offline"
 
@@ -158,14 +161,15 @@ def renamed_to_match(labels: np.ndarray, reference: np.ndarray, n_clusters: int)
 class LabelStep(Callback):
     """Recompute every head's hard labels by the equipartition Sinkhorn step on a schedule.
 
-    At ``on_train_begin`` the labels are a random equal split. After each scheduled epoch the
+    At ``on_train_begin`` the labels are a random equal split (or the mode's KMeans labels).
+    After each scheduled epoch the
     network's logits on the clean training rows go through ``sinkhorn_equipartition``, warm
     started from the previous step's scalings, and ``argmax Q`` becomes the new label table.
     From epoch ``estimate_sizes_from`` on, each head's step aims at the cluster sizes that its
     current labels and the embedding support (``estimated_cluster_weights``) rather than at
-    equal ones; the first of those steps does not solve Sinkhorn but re-partitions: every
-    head takes the partition of the embedding's nearest-neighbour links
-    (``neighbour_link_partition``), its clusters renamed to agree with that head's labels.
+    equal ones; where ``mode.repartition``, the first of those steps does not solve Sinkhorn
+    but re-partitions: every head takes the partition of the embedding's nearest-neighbour
+    links (``neighbour_link_partition``), its clusters renamed to agree with that head's labels.
     That undoes what the equipartition forces on unequal categories (a large one split, two
     small ones merged), which the later steps, each from the labels of the step before,
     could not undo. Every epoch records in the history: ``label_step`` and ``repartition``
@@ -208,8 +212,9 @@ class LabelStep(Callback):
         self.solver_state_ = state["solver_state"]
 
     def repartition_epoch(self) -> int | None:
-        """The first label step that aims at estimated sizes: the one that re-partitions."""
-        if self.estimate_sizes_from is None:
+        """The first label step that aims at estimated sizes, which re-partitions where the
+        mode does; None where no step re-partitions."""
+        if self.estimate_sizes_from is None or not self.mode.repartition:
             return None
         later = [epoch for epoch in self.epochs if epoch >= self.estimate_sizes_from]
         return min(later, default=None)

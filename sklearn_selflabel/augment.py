@@ -36,6 +36,37 @@ class TabularAugment(nn.Module):
         return x * keep + self.strength * torch.randn_like(x)
 
 
+class TermDropout(nn.Module):
+    """Training views of sparse rows (documents): a random subset of each row's terms.
+
+    Every stored entry of a sparse (COO) batch is dropped with probability ``rate`` and the
+    others are scaled by ``1 / (1 - rate)``, as dropout does, so that the batch stays sparse.
+    Dense rows get the same treatment entry by entry.
+
+    Parameters
+    ----------
+    rate : float
+        Probability in ``[0, 1)`` that an entry is dropped. ``0`` disables the augmentation.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if not 0 <= rate < 1:
+            raise ValueError(f"rate must be in [0, 1), got {rate}.")
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0:
+            return x
+        if not x.is_sparse:
+            return F.dropout(x, self.rate)
+        values = x.values()
+        kept = F.dropout(values, self.rate)
+        return torch.sparse_coo_tensor(
+            x.indices(), kept, x.shape, is_coalesced=x.is_coalesced(), check_invariants=False
+        )
+
+
 class ImageAugment(nn.Module):
     """Training views of flattened images: random affine jitter (shift, rotation, scale, shear).
 

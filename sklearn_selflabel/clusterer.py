@@ -103,7 +103,8 @@ class SelfLabelingClusterer(
         step, and in the last one, run on the trained network to fix what ``predict`` gives
         (see ``logit_offsets_``). ``"estimated"``: the equipartition up to half the epoch of
         the last scheduled step; then one step re-partitions every head by the embedding's
-        nearest-neighbour links (``propagation.neighbour_link_partition``), and the later steps
+        nearest-neighbour links (``propagation.neighbour_link_partition``; not for sparse
+        rows, which keep their labels), and the later steps
         and the last one aim at the sizes that a vote of each row's 10 nearest neighbours in
         the embedding supports (at least half the equal share each). Offline mode only; a
         ``partial_fit`` chunk is labelled with equal sizes, its last step with estimated ones.
@@ -111,8 +112,10 @@ class SelfLabelingClusterer(
     augment_strength : float, default=0.5
         Strength of the training views. Tabular rows: Gaussian noise of this many standard
         deviations per feature, and each feature masked to its mean with probability
-        ``augment_strength / 2``. Images (``image_shape``): the scale of the affine jitter
-        (at 0.5, up to 12.5% of the side, 15 degrees, 10% of scale and 0.15 of shear).
+        ``augment_strength / 2``. Sparse rows (``input_kind="sparse"``): each stored entry
+        (term) dropped with probability ``augment_strength / 2``. Images (``image_shape``):
+        the scale of the affine jitter (at 0.5, up to 12.5% of the side, 15 degrees, 10% of
+        scale and 0.15 of shear). Non-negative dense rows train on neighbour views instead.
     input_kind : {"auto", "tabular", "embedding", "nonnegative", "sparse"}, default="auto"
         What flat rows (no ``image_shape``) are, which sets how they are scaled, how their
         neighbours are found and how training sees them. ``"tabular"``: columns on scales of
@@ -121,10 +124,11 @@ class SelfLabelingClusterer(
         all, Euclidean neighbours. ``"nonnegative"``: non-negative features on a common range
         (pixels, histograms, counts), one scale for all, cosine neighbours. ``"sparse"``:
         non-negative sparse rows (TF-IDF, counts), each L2-normalised, cosine neighbours,
-        batches that stay sparse into the first layer, and KMeans initial labels. The last two
-        train with invariance propagation and neighbour views (``propagation="auto"``);
-        tables and embeddings with noise views. ``"auto"`` detects the kind from the data
-        (the user guide gives the rule).
+        batches that stay sparse into the first layer, KMeans initial labels, views that drop
+        terms, and no re-partition by the embedding's links. Non-negative rows train with
+        invariance propagation and neighbour views (``propagation="auto"``); tables and
+        embeddings with noise views. ``"auto"`` detects the kind from the data (the user
+        guide gives the rule).
     image_shape : tuple of int or None, default=None
         ``(height, width)`` or ``(channels, height, width)`` when the rows are images
         flattened in that order. It turns on image-aware mode: training views are random
@@ -136,7 +140,8 @@ class SelfLabelingClusterer(
         current labels of its hard positives, the least similar of the rows reached by
         ``propagation_hops`` hops along the ``propagation_neighbors`` nearest-neighbour links
         (first among the standardised input rows, then, at each label step, in a memory bank
-        of the embeddings). ``"auto"``: on with ``image_shape``, off for tabular rows.
+        of the embeddings). ``"auto"``: on with ``image_shape`` and for non-negative dense
+        rows (``input_kind="nonnegative"``), off for the other flat rows.
     propagation_neighbors : int, default=4
         ``k`` of the nearest-neighbour links.
     propagation_hops : int, default=3

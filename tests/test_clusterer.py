@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy, sinkhorn_equipartition
+from sklearn_selflabel.augment import TermDropout
 from sklearn_selflabel.modules import SparseLinear
 from sklearn_selflabel.propagation import neighbour_link_partition
 
@@ -349,6 +350,37 @@ def test_sparse_input_matches_dense_and_is_densified_batch_by_batch(blobs, monke
     np.testing.assert_allclose(
         sparse.transform(sp.csr_matrix(X)), dense.transform(X), rtol=1e-4, atol=1e-5
     )
+
+
+def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
+    X, _ = make_blobs(n_samples=300, n_features=12, random_state=0)
+    counts = np.abs(X).round()  # non-negative, a third of the entries zero
+    fits = {
+        "tabular": small().fit(X * np.geomspace(1, 1000, X.shape[1])),
+        "nonnegative": small().fit(counts),
+        "sparse": small().fit(sp.csr_matrix(counts)),
+    }
+    kinds = {name: model.net_.build_settings_.network.input_kind for name, model in fits.items()}
+    assert kinds == {name: name for name in fits}
+    sparse = fits["sparse"].net_
+    # Documents: views that drop terms, no propagation, and no re-partition by the
+    # embedding's links, though the sizes are still estimated from half the schedule on.
+    assert isinstance(sparse.module_.augment, TermDropout)
+    assert sparse.module_.augment.rate == 0.25
+    assert sparse.build_settings_.propagation is None
+    label_step = dict(sparse.callbacks_)["label_step"]
+    assert label_step.estimate_sizes_from is not None
+    assert label_step.repartition_epoch() is None
+    assert not any(sparse.history[:, "repartition"])
+    # Non-negative dense rows: propagation and neighbour views instead of noise.
+    nonnegative = fits["nonnegative"].net_
+    assert nonnegative.build_settings_.propagation.view_neighbors > 0
+    assert nonnegative.module_.augment.strength == 0
+    assert any(nonnegative.history[:, "repartition"])
+    # Tables: noise views, no propagation.
+    tabular = fits["tabular"].net_
+    assert tabular.build_settings_.propagation is None
+    assert tabular.module_.augment.strength == 0.5
 
 
 def test_sparse_linear_gives_a_sparse_batch_the_dense_output_and_gradient():

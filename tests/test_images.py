@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 
 from sklearn_selflabel import SelfLabelingClusterer
-from sklearn_selflabel.augment import ImageAugment, TabularAugment
+from sklearn_selflabel.augment import ImageAugment, TabularAugment, TermDropout
 from sklearn_selflabel.modules import ConvEncoder, GridAveragePool
 
 
@@ -66,6 +66,22 @@ def test_tabular_views_mask_and_add_noise():
     views = TabularAugment(0.5).train()(x)
     assert 0.5 < float(views.mean()) < 0.9  # a quarter of the entries masked to 0
     assert 0.4 < float((views - x).std()) < 0.8
+
+
+def test_term_dropout_drops_stored_entries_and_keeps_a_sparse_batch_sparse():
+    rows = torch.rand(400, 50) * (torch.rand(400, 50) < 0.1)
+    batch = rows.to_sparse_coo().coalesce()
+    assert torch.equal(TermDropout(0.25).eval()(batch).to_dense(), rows)
+    torch.manual_seed(0)
+    view = TermDropout(0.25).train()(batch)
+    assert view.is_sparse and torch.equal(view.indices(), batch.indices())
+    kept = view.values() != 0
+    assert 0.70 < float(kept.float().mean()) < 0.80
+    torch.testing.assert_close(view.values()[kept], batch.values()[kept] / 0.75)
+    dense_view = TermDropout(0.25).train()(rows)
+    assert torch.equal(dense_view != 0, (dense_view != 0) & (rows != 0))
+    with pytest.raises(ValueError, match="rate"):
+        TermDropout(1.0)
 
 
 def test_conv_encoder_maps_flat_images_to_embeddings():
