@@ -56,6 +56,11 @@ def sparse_rows() -> sp.csr_matrix:
     return sp.csr_matrix(X)
 
 
+def documents() -> sp.csr_matrix:
+    """Non-negative sparse rows, which the estimator treats as documents (TF-IDF, counts)."""
+    return abs(sparse_rows())
+
+
 def fit(X, **params) -> tuple[SelfLabelingClusterer, object]:
     return SelfLabelingClusterer(**{**SMALL, **params}).fit(X), X
 
@@ -89,6 +94,7 @@ CONFIGURATIONS = {
         digits(), n_clusters=10, image_shape=(8, 8), max_epochs=4, propagation=False, n_init=1
     ),
     "sparse": lambda: fit(sparse_rows()),
+    "sparse_documents": lambda: fit(documents()),
     "online": lambda: fit(blobs(), label_mode="online", queue_size=64),
     "partial_fit_offline": lambda: chunks("offline"),
     "partial_fit_online": lambda: chunks("online"),
