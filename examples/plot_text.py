@@ -6,7 +6,8 @@ Clustering text from a sparse TF-IDF matrix
 non-negative sparse features are detected as ``input_kind="sparse"``, L2-normalised (cosine
 geometry), and fed to the first layer as sparse batches, so time and memory follow the number
 of non-zeros and a TF-IDF matrix of a large vocabulary is never densified. Training starts
-from KMeans labels in that geometry and learns from each document's nearest neighbours. The corpus
+from KMeans labels in that geometry, and its views of a document drop a random share of its
+terms. The corpus
 here is built inside the example: short documents about four topics, each mixing words of its
 topic with common words and a few words of the other topics. The topics are used only to
 score, and to read the clusters by their most typical terms.
