@@ -77,12 +77,12 @@ ABLATION = {
     "full": ("+ estimated cluster sizes (= defaults + image_shape)", {}),
     "one_head": ("... with 1 head instead of 8", dict(n_heads=1)),
 }
-# data -> method -> (label, estimator parameters); "full" is the main table's defaults fit.
 AS_TABLE = (
     "the tables' treatment (input_kind='tabular': per-feature scaling, noise views, "
     "no propagation; the previous version's flat rows)",
     dict(input_kind="tabular"),
 )
+# data -> method -> (label, estimator parameters); "full" is the main table's defaults fit.
 FLAT_ABLATION = {
     "usps": {
         "as_table": AS_TABLE,

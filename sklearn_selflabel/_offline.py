@@ -162,9 +162,9 @@ class LabelStep(Callback):
     """Recompute every head's hard labels by the equipartition Sinkhorn step on a schedule.
 
     At ``on_train_begin`` the labels are a random equal split (or the mode's KMeans labels).
-    After each scheduled epoch the
-    network's logits on the clean training rows go through ``sinkhorn_equipartition``, warm
-    started from the previous step's scalings, and ``argmax Q`` becomes the new label table.
+    After each scheduled epoch the network's logits on the clean training rows go through
+    ``sinkhorn_equipartition``, warm started from the previous step's scalings, and
+    ``argmax Q`` becomes the new label table.
     From epoch ``estimate_sizes_from`` on, each head's step aims at the cluster sizes that its
     current labels and the embedding support (``estimated_cluster_weights``) rather than at
     equal ones; where ``mode.repartition``, the first of those steps does not solve Sinkhorn

@@ -104,10 +104,10 @@ class SelfLabelingClusterer(
         (see ``logit_offsets_``). ``"estimated"``: the equipartition up to half the epoch of
         the last scheduled step; then one step re-partitions every head by the embedding's
         nearest-neighbour links (``propagation.neighbour_link_partition``; not for sparse
-        rows, which keep their labels), and the later steps
-        and the last one aim at the sizes that a vote of each row's 10 nearest neighbours in
-        the embedding supports (at least half the equal share each). Offline mode only; a
-        ``partial_fit`` chunk is labelled with equal sizes, its last step with estimated ones.
+        rows, which keep their labels), and the later steps and the last one aim at the
+        sizes that a vote of each row's 10 nearest neighbours in the embedding supports (at
+        least half the equal share each). Offline mode only; a ``partial_fit`` chunk is
+        labelled with equal sizes, its last step with estimated ones.
         With fewer than 20 rows per cluster on average, the label steps aim at equal sizes.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular rows: Gaussian noise of this many standard
