@@ -77,11 +77,24 @@ ABLATION = {
     "full": ("+ estimated cluster sizes (= defaults + image_shape)", {}),
     "one_head": ("... with 1 head instead of 8", dict(n_heads=1)),
 }
+# init="random" and twice the augment_strength give the previous version's tables exactly.
 AS_TABLE = (
     "the tables' treatment (input_kind='tabular': per-feature scaling, noise views, "
-    "no propagation; the previous version's flat rows)",
-    dict(input_kind="tabular"),
+    "no propagation, random start; the previous version's flat rows)",
+    dict(input_kind="tabular", init="random", augment_strength=1.0),
 )
+SMALL_TABLE_ABLATION = {
+    "random_start": (
+        "SeLa's random start and schedule, noise views of 0.5 sd (the previous version's defaults)",
+        dict(init="random", augment_strength=1.0),
+    ),
+    "mixture_start": (
+        "start from a Gaussian mixture, first quarter without label steps, sizes estimated "
+        "from the first step",
+        dict(augment_strength=1.0),
+    ),
+    "full": ("+ noise views of 0.25 sd (= defaults)", {}),
+}
 # data -> method -> (label, estimator parameters); "full" is the main table's defaults fit.
 FLAT_ABLATION = {
     "usps": {
@@ -108,6 +121,9 @@ FLAT_ABLATION = {
             dict(propagation=True),
         ),
     },
+    "wine": SMALL_TABLE_ABLATION,
+    "breast_cancer": SMALL_TABLE_ABLATION,
+    "iris": SMALL_TABLE_ABLATION,
 }
 BASELINES = [
     "KMeans",

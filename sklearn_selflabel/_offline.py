@@ -1,6 +1,7 @@
 """Offline label mode: SeLa's label steps over all training rows, on a schedule.
 
-A ``(n_heads, n_samples)`` label table starts as a random equal split. After the scheduled
+A ``(n_heads, n_samples)`` label table starts as a random equal split, or as a clustering of the
+input rows (``initial_labels``). After the scheduled
 epochs (dense early, sparse late) the network's logits on the clean training rows go through
 ``sinkhorn_equipartition`` and ``argmax Q`` rewrites the table. With estimated cluster sizes,
 the first step from half the schedule on re-partitions every head by the embedding's
@@ -13,7 +14,8 @@ the later steps aim at the sizes that a neighbour vote supports.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+import warnings
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,6 +24,9 @@ import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import normalize
 from skorch.callbacks import Callback
 
@@ -31,9 +36,10 @@ from ._net import SelfLabelNet
 from .propagation import neighbour_link_partition, neighbour_vote_shares
 from .sinkhorn import SinkhornResult, sinkhorn_equipartition
 
-# With cluster_sizes="estimated", label steps aim at estimated sizes from this fraction of
-# the last label step's epoch on: before, the embedding does not yet hold the categories.
-_ESTIMATED_SIZES_FROM = 0.5
+# The mixture start is fitted on at most this many rows (a seeded sample; all rows are then
+# labelled by it), and on their leading principal components when the rows are wider.
+_MIXTURE_ROWS = 10_000
+_MIXTURE_COMPONENTS = 50
 
 
 @dataclass(frozen=True)
@@ -49,18 +55,26 @@ class OfflineLabels:
     cluster_sizes: str
     batch_size: int
     # "random": SeLa's random equal split; "kmeans": each head's KMeans of the L2-normalised
-    # input rows, from a seed of its own.
+    # input rows; "mixture": each head's Gaussian mixture (one shared covariance) of the
+    # standardised input rows; each head from a seed of its own.
     initial_labels: str = "random"
     # With estimated sizes, whether their first step re-partitions by the embedding's links.
     repartition: bool = True
+    # No label step runs before this fraction of the schedule's epochs.
+    label_steps_from: float = 0.0
+    # With cluster_sizes="estimated", the steps from this fraction of the last step's epoch on
+    # aim at estimated sizes.
+    estimate_sizes_from: float = 0.5
 
     name: ClassVar[str] = "offline"
 
     def fit_label_step(self, n_epochs: int, seed: int) -> LabelStep:
         epochs = label_step_epochs(n_epochs, self.n_label_steps)
+        later = epochs[epochs >= self.label_steps_from * (n_epochs - 1)]
+        epochs = later if later.size else epochs[-1:]
         estimate_from = None
         if self.cluster_sizes == "estimated":
-            estimate_from = _ESTIMATED_SIZES_FROM * epochs.max()
+            estimate_from = self.estimate_sizes_from * epochs.max()
         return LabelStep(
             frozenset(epochs.tolist()), mode=self, seed=seed, estimate_sizes_from=estimate_from
         )
@@ -132,6 +146,51 @@ def kmeans_labels(X, n_clusters: int, n_heads: int, seed: int) -> np.ndarray:
     return np.stack(table).astype(np.int64)
 
 
+def mixture_labels(
+    X,
+    n_clusters: int,
+    n_heads: int,
+    seed: int,
+    standardise: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Initial labels in the rows' own geometry, shape ``(n_heads, n_samples)``: per head, a
+    Gaussian mixture with one covariance shared by all components (a seed of its own) of the
+    dense rows of ``X`` as ``standardise`` scales them.
+
+    The mixtures are fitted on at most ``_MIXTURE_ROWS`` rows (a sample drawn from ``seed``),
+    projected on their first ``_MIXTURE_COMPONENTS`` principal components when wider, and then
+    label every row.
+    """
+    rng = np.random.default_rng(seed)
+    n_samples = X.shape[0]
+    sample = np.sort(rng.choice(n_samples, size=min(n_samples, _MIXTURE_ROWS), replace=False))
+    rows = standardise(np.asarray(X[sample]))
+    projection = None
+    if rows.shape[1] > _MIXTURE_COMPONENTS:
+        projection = PCA(min(_MIXTURE_COMPONENTS, len(rows)), random_state=seed).fit(rows)
+        rows = projection.transform(rows)
+    seeds = rng.integers(np.iinfo(np.int32).max, size=n_heads)
+    with warnings.catch_warnings():
+        # A start need not be a converged mixture: training refines it.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mixtures = [
+            GaussianMixture(
+                n_clusters, covariance_type="tied", reg_covar=1e-4, random_state=int(s)
+            ).fit(rows)
+            for s in seeds
+        ]
+    table = np.empty((n_heads, n_samples), dtype=np.int64)
+    start = 0
+    for chunk in chunked_rows(X):
+        rows = standardise(chunk)
+        if projection is not None:
+            rows = projection.transform(rows)
+        for head, mixture in enumerate(mixtures):
+            table[head, start : start + len(rows)] = mixture.predict(rows)
+        start += len(rows)
+    return table
+
+
 def estimated_cluster_weights(
     embedding: torch.Tensor,
     labels: torch.Tensor,
@@ -148,6 +207,17 @@ def estimated_cluster_weights(
     )
 
 
+def standardised_by(net: SelfLabelNet) -> Callable[[np.ndarray], np.ndarray]:
+    """Dense raw rows -> the rows in the units that ``net``'s encoder sees, as float32."""
+
+    def standardise(rows: np.ndarray) -> np.ndarray:
+        batch = torch.as_tensor(rows, dtype=torch.float32, device=net.device)
+        with torch.no_grad():
+            return net.module_.standardise(batch).cpu().numpy()
+
+    return standardise
+
+
 def renamed_to_match(labels: np.ndarray, reference: np.ndarray, n_clusters: int) -> np.ndarray:
     """``labels`` with its clusters renamed to agree with ``reference`` on the most rows."""
     overlap = np.zeros((n_clusters, n_clusters))
@@ -161,7 +231,8 @@ def renamed_to_match(labels: np.ndarray, reference: np.ndarray, n_clusters: int)
 class LabelStep(Callback):
     """Recompute every head's hard labels by the equipartition Sinkhorn step on a schedule.
 
-    At ``on_train_begin`` the labels are a random equal split (or the mode's KMeans labels).
+    At ``on_train_begin`` the labels are a random equal split, or the mode's clustering of the
+    input rows (``OfflineLabels.initial_labels``).
     After each scheduled epoch the network's logits on the clean training rows go through
     ``sinkhorn_equipartition``, warm started from the previous step's scalings, and
     ``argmax Q`` becomes the new label table.
@@ -199,6 +270,10 @@ class LabelStep(Callback):
         mode = self.mode
         if mode.initial_labels == "kmeans":
             labels = kmeans_labels(X.X, mode.n_clusters, mode.n_heads, self.seed)
+        elif mode.initial_labels == "mixture":
+            labels = mixture_labels(
+                X.X, mode.n_clusters, mode.n_heads, self.seed, standardised_by(net)
+            )
         else:
             labels = random_equal_split(len(X), mode.n_clusters, mode.n_heads, self.seed)
         net.label_table_ = torch.from_numpy(labels).to(net.device)

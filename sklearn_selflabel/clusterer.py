@@ -48,11 +48,12 @@ class SelfLabelingClusterer(
     (every cluster receives ``n_samples / n_clusters`` of the mass), found by Sinkhorn-Knopp
     iterations on the network's probabilities ``P``. The constraint keeps the clustering from
     collapsing into one cluster and maximises the information between samples and labels.
-    Labels start as a random equal split. Training sees augmented views of the rows (Gaussian
-    noise and feature masking, or affine warps of images with ``image_shape``); the label
-    step, ``predict`` and ``transform`` see clean rows. With ``image_shape``, invariance
-    propagation also pulls each row towards the hardest of the rows reachable from it through
-    nearest-neighbour links in the embedding.
+    Labels start as a random equal split, or for tables and documents as a clustering of the
+    rows (``init``). Training sees augmented views of the rows (noise and feature masking,
+    dropped terms, or affine warps of images with ``image_shape``); the label step,
+    ``predict`` and ``transform`` see clean rows. With ``image_shape`` and for non-negative
+    rows, invariance propagation also pulls each row towards the hardest of the rows
+    reachable from it through nearest-neighbour links in the embedding.
 
     The network is a skorch ``NeuralNet`` built in ``fit`` and kept as ``net_``; its
     ``history`` records, per epoch, the loss, whether a label step ran, the fraction of labels
@@ -109,26 +110,41 @@ class SelfLabelingClusterer(
         least half the equal share each). Offline mode only; a ``partial_fit`` chunk is
         labelled with equal sizes, its last step with estimated ones.
         With fewer than 20 rows per cluster on average, the label steps aim at equal sizes.
+        A fit from a clustering of the rows (``init="mixture"``) aims at estimated sizes
+        from its first label step on, without the re-partition.
+    init : {"auto", "random", "kmeans", "mixture"}, default="auto"
+        The labels that an offline ``fit`` starts from, for every head from a seed of its
+        own. ``"random"``: SeLa's random equal split. ``"kmeans"``: KMeans of the
+        L2-normalised rows (cosine geometry). ``"mixture"``: a Gaussian mixture with one
+        covariance shared by its components of the rows as the network sees them
+        (standardised), fitted on at most 10,000 of them and their first 50 principal
+        components; dense rows only. A start from a clustering is not re-partitioned by the
+        embedding's links, and from ``"mixture"`` the first label step waits for a quarter
+        of the epochs. ``"auto"``: ``"mixture"`` for dense tabular and embedding rows,
+        ``"kmeans"`` for sparse rows (``input_kind="sparse"``), ``"random"`` otherwise
+        (images, other non-negative rows, signed sparse rows). Online mode and
+        ``partial_fit`` need ``"auto"``: they label each batch or chunk from the network.
     augment_strength : float, default=0.5
-        Strength of the training views. Tabular rows: Gaussian noise of this many standard
-        deviations per feature, and each feature masked to its mean with probability
-        ``augment_strength / 2``. Sparse rows (``input_kind="sparse"``): each stored entry
-        (term) dropped with probability ``augment_strength / 2``. Images (``image_shape``):
-        the scale of the affine jitter (at 0.5, up to 12.5% of the side, 15 degrees, 10% of
-        scale and 0.15 of shear). Non-negative dense rows train on neighbour views instead.
+        Strength of the training views. Tabular and embedding rows: Gaussian noise of
+        ``augment_strength / 2`` standard deviations per feature, and each feature masked to its
+        mean with probability ``augment_strength / 4``. Sparse rows (``input_kind="sparse"``):
+        each stored entry (term) dropped with probability ``augment_strength / 2``. Images
+        (``image_shape``): the scale of the affine jitter (at 0.5, up to 12.5% of the side, 15
+        degrees, 10% of scale and 0.15 of shear). Non-negative dense rows train on neighbour
+        views instead.
     input_kind : {"auto", "tabular", "embedding", "nonnegative", "sparse"}, default="auto"
         What flat rows (no ``image_shape``) are, which sets how they are scaled, how their
         neighbours are found and how training sees them. ``"tabular"``: columns on scales of
         their own, each standardised, Euclidean neighbours. ``"embedding"``: signed features on
-        one common scale (embeddings of another model, standardised tables), one scale for
-        all, Euclidean neighbours. ``"nonnegative"``: non-negative features on a common range
+        one common scale (embeddings of another model, standardised tables), one scale for all,
+        Euclidean neighbours. ``"nonnegative"``: non-negative features on a common range
         (pixels, histograms, counts), one scale for all, cosine neighbours. ``"sparse"``:
-        non-negative sparse rows (TF-IDF, counts), each L2-normalised, cosine neighbours,
+        non-negative sparse rows (TF- IDF, counts), each L2-normalised, cosine neighbours,
         batches that stay sparse into the first layer, KMeans initial labels, views that drop
         terms, and no re-partition by the embedding's links. Non-negative rows train with
         invariance propagation and neighbour views (``propagation="auto"``); tables and
-        embeddings with noise views. ``"auto"`` detects the kind from the data (the user
-        guide gives the rule).
+        embeddings with noise views, from a Gaussian mixture of their rows (``init``).
+        ``"auto"`` detects the kind from the data (the user guide gives the rule).
     image_shape : tuple of int or None, default=None
         ``(height, width)`` or ``(channels, height, width)`` when the rows are images
         flattened in that order. It turns on image-aware mode: training views are random
@@ -161,7 +177,8 @@ class SelfLabelingClusterer(
         sweeps over the batch plus a queue of the most recent ``queue_size`` rows' logits,
         so that memory does not grow with ``n_samples`` (millions of rows, data on disk,
         streams with ``partial_fit``). ``n_label_steps``, ``sinkhorn_tol``,
-        ``sinkhorn_max_iter``, ``cluster_sizes`` and ``propagation`` apply to offline mode.
+        ``sinkhorn_max_iter``, ``cluster_sizes``, ``init`` and ``propagation`` apply to
+        offline mode.
     queue_size : int, default=4096
         Online mode: rows of recent batches whose logits join each batch's Sinkhorn problem.
     online_sinkhorn_iter : int, default=3
@@ -304,6 +321,7 @@ class SelfLabelingClusterer(
         "sinkhorn_max_iter": [Interval(Integral, 1, None, closed="left")],
         "n_label_steps": [Interval(Integral, 1, None, closed="left")],
         "cluster_sizes": [StrOptions({"equal", "estimated"})],
+        "init": [StrOptions({"auto", "random", "kmeans", "mixture"})],
         "augment_strength": [Interval(Real, 0, None, closed="left")],
         "input_kind": [StrOptions({"auto", "tabular", "embedding", "nonnegative", "sparse"})],
         "image_shape": ["array-like", None],
@@ -345,6 +363,7 @@ class SelfLabelingClusterer(
         sinkhorn_max_iter: int = 100,
         n_label_steps: int = 60,
         cluster_sizes: str = "estimated",
+        init: str = "auto",
         augment_strength: float = 0.5,
         input_kind: str = "auto",
         image_shape: tuple[int, ...] | None = None,
@@ -382,6 +401,7 @@ class SelfLabelingClusterer(
         self.sinkhorn_max_iter = sinkhorn_max_iter
         self.n_label_steps = n_label_steps
         self.cluster_sizes = cluster_sizes
+        self.init = init
         self.augment_strength = augment_strength
         self.input_kind = input_kind
         self.image_shape = image_shape

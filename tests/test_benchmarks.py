@@ -105,9 +105,15 @@ def test_quality_jobs_cover_every_set_and_images_only_where_rows_are_images():
         assert {"selflabel", "KMeans", "Spectral (kNN)", "GMM (PCA <= 50)"} <= methods
         assert ("selflabel_image" in methods) == is_image
     flat = {(j["data"], j["method"]) for j in planned if j["table"] == "flat_ablation"}
-    assert flat == {("usps", "as_table"), ("usps", "kind_only")} | {
-        ("text", m) for m in ("as_table", "kind_only", "propagation")
-    }
+    assert flat == (
+        {("usps", "as_table"), ("usps", "kind_only")}
+        | {("text", m) for m in ("as_table", "kind_only", "propagation")}
+        | {
+            (data, m)
+            for data in ("wine", "breast_cancer", "iris")
+            for m in ("random_start", "mixture_start")
+        }
+    )
 
 
 def test_quality_baseline_on_a_table_with_fewer_features_than_pca_components(tmp_path):

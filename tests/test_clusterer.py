@@ -87,11 +87,12 @@ def test_predict_gives_the_equipartition_labels_of_a_last_label_step():
 
 
 def test_estimated_cluster_sizes_follow_uneven_blobs():
-    # The same uneven blobs: the equipartition splits the large ones and merges the small
-    # ones; the neighbour vote moves the last label step's marginals towards the blobs' sizes.
+    # The same uneven blobs from SeLa's random split: the equipartition splits the large ones
+    # and merges the small ones; the neighbour vote moves the last label step's marginals
+    # towards the blobs' sizes.
     X, y = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
     fits = {
-        sizes: small(n_clusters=4, max_epochs=20, cluster_sizes=sizes).fit(X)
+        sizes: small(n_clusters=4, max_epochs=20, cluster_sizes=sizes, init="random").fit(X)
         for sizes in ("equal", "estimated")
     }
 
@@ -113,7 +114,7 @@ def test_estimated_cluster_sizes_follow_uneven_blobs():
 def test_estimated_cluster_sizes_enter_training_from_half_the_label_schedule():
     X, _ = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
     fits = {
-        sizes: small(n_clusters=4, max_epochs=20, cluster_sizes=sizes).fit(X)
+        sizes: small(n_clusters=4, max_epochs=20, cluster_sizes=sizes, init="random").fit(X)
         for sizes in ("equal", "estimated")
     }
     label_step = dict(fits["estimated"].net_.callbacks_)["label_step"]
@@ -149,8 +150,8 @@ def test_first_estimated_step_gives_every_head_the_neighbour_link_partition():
     # embedding's neighbour links separates them, renamed to agree with each head's labels.
     X, y = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
     X = X.astype(np.float32)
-    equal = small(n_clusters=4, max_epochs=20, cluster_sizes="equal").fit(X)
-    estimated = small(n_clusters=4, max_epochs=20).fit(X)
+    equal = small(n_clusters=4, max_epochs=20, cluster_sizes="equal", init="random").fit(X)
+    estimated = small(n_clusters=4, max_epochs=20, init="random").fit(X)
     label_step = dict(estimated.net_.callbacks_)["label_step"]
     history = estimated.net_.history
     assert [i for i, row in enumerate(history) if row["repartition"]] == [
@@ -175,8 +176,8 @@ def test_first_estimated_step_gives_every_head_the_neighbour_link_partition():
 def test_n_init_keeps_the_fit_with_the_best_score(blobs):
     X, _ = blobs
     # With this seed the first of three fits scores best, so the kept one is not the last.
-    single = small(n_init=1, random_state=1).fit(X)
-    several = small(n_init=3, random_state=1).fit(X)
+    single = small(n_init=1, random_state=1, init="random").fit(X)
+    several = small(n_init=3, random_state=1, init="random").fit(X)
     assert single.init_scores_.shape == (1,) and several.init_scores_.shape == (3,)
     assert several.init_scores_.argmax() == 0
     # The first initialisation is the single fit; the others start from other seeds.
@@ -226,7 +227,9 @@ def test_score_is_normalised_information(blobs, fitted):
     assert score_of(100 * torch.eye(3).repeat(3, 1)) == pytest.approx(1.0)
 
 
-def test_history_records_loss_label_changes_and_cluster_sizes(fitted):
+def test_history_records_loss_label_changes_and_cluster_sizes(blobs):
+    # From SeLa's random split, which re-partitions once (a start from a clustering does not).
+    fitted = small(init="random").fit(blobs[0])
     history = fitted.net_.history
     assert len(history) == fitted.n_iter_
     for key in (
@@ -268,6 +271,85 @@ def test_initial_labels_are_a_random_equal_split():
         counts = np.bincount(head, minlength=10)
         assert counts.max() - counts.min() <= 1
     assert not np.array_equal(labels[0], labels[1])
+
+
+def test_mixture_start_labels_every_row_from_a_seeded_sample(monkeypatch):
+    from sklearn_selflabel import _offline
+
+    X, y = make_blobs(n_samples=600, centers=4, n_features=60, cluster_std=2.0, random_state=3)
+    X = X * np.geomspace(1, 100, X.shape[1])  # columns on scales of their own
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+
+    def standardise(rows):
+        return ((rows - mean) / scale).astype(np.float32)
+
+    fitted_on = []
+    original = _offline.GaussianMixture.fit
+
+    def recording_fit(self, rows, *args, **kwargs):
+        fitted_on.append(rows.shape)
+        return original(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(_offline, "_MIXTURE_ROWS", 250)
+    monkeypatch.setattr(_offline.GaussianMixture, "fit", recording_fit)
+    table = _offline.mixture_labels(X, 4, 3, seed=0, standardise=standardise)
+    assert table.shape == (3, 600) and table.dtype == np.int64
+    # Each head's mixture: fitted on 250 rows, on their first 50 principal components.
+    assert fitted_on == [(250, 50)] * 3
+    for head in table:
+        assert adjusted_rand_score(y, head) == 1.0
+    again = _offline.mixture_labels(X, 4, 3, seed=0, standardise=standardise)
+    np.testing.assert_array_equal(table, again)
+
+
+def test_tables_start_from_a_mixture_and_keep_its_uneven_sizes():
+    X, y = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
+    fits = {
+        init: small(n_clusters=4, max_epochs=20, init=init).fit(X) for init in ("auto", "random")
+    }
+    model = fits["auto"]
+    label_step = dict(model.net_.callbacks_)["label_step"]
+    assert label_step.mode.initial_labels == "mixture"
+    assert not any(model.net_.history[: min(label_step.epochs), "label_step"])
+    # The start's sizes are kept from the first label step on, with no re-partition.
+    sizes = np.sort(np.bincount(model.labels_, minlength=4))
+    assert np.abs(sizes - [40, 80, 120, 160]).max() <= 10
+    assert adjusted_rand_score(y, model.labels_) > 0.95
+    assert adjusted_rand_score(y, model.labels_) > adjusted_rand_score(y, fits["random"].labels_)
+    # init="random" keeps SeLa's start and schedule.
+    random_step = dict(fits["random"].net_.callbacks_)["label_step"]
+    assert random_step.mode.initial_labels == "random" and min(random_step.epochs) == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "method", "message"),
+    [
+        (dict(init="kmeans", label_mode="online"), "fit", "init='kmeans' sets the labels"),
+        (dict(init="random"), "partial_fit", "init='random' sets the labels"),
+        (dict(init="mixture"), "sparse", "init='mixture' needs dense rows"),
+    ],
+)
+def test_init_other_than_auto_needs_an_offline_fit_and_mixture_dense_rows(
+    blobs, params, method, message
+):
+    X = blobs[0]
+    model = small(**params)
+    with pytest.raises(ValueError, match=message):
+        if method == "partial_fit":
+            model.partial_fit(X)
+        else:
+            model.fit(sp.csr_matrix(np.abs(X)) if method == "sparse" else X)
+
+
+def test_explicit_init_overrides_the_kind(blobs):
+    X = np.abs(blobs[0])
+    kmeans = small(init="kmeans").fit(X)
+    assert kmeans.net_.build_settings_.labels.initial_labels == "kmeans"
+    assert not any(kmeans.net_.history[:, "repartition"])
+    mixture = small(init="mixture", input_kind="nonnegative").fit(X)
+    assert dict(mixture.net_.callbacks_)["label_step"].mode.initial_labels == "mixture"
+    signed_sparse = small().fit(sp.csr_matrix(blobs[0]))
+    assert signed_sparse.net_.build_settings_.labels.initial_labels == "random"
 
 
 def test_digits_defaults_never_degenerate_and_beat_chance():
@@ -335,7 +417,8 @@ def test_accepts_other_containers_with_the_same_result(blobs, fitted, convert):
 def test_sparse_input_matches_dense_and_is_densified_batch_by_batch(blobs, monkeypatch):
     X, _ = blobs
     X = np.where(np.abs(X) > 2, X, 0.0)
-    dense = small().fit(X)
+    # The random split, which signed sparse rows start from (the mixture needs dense rows).
+    dense = small(init="random").fit(X)
     shapes = []
     original = sp.csr_matrix.toarray
 
@@ -345,6 +428,7 @@ def test_sparse_input_matches_dense_and_is_densified_batch_by_batch(blobs, monke
 
     monkeypatch.setattr(sp.csr_matrix, "toarray", recording_toarray)
     sparse = small().fit(sp.csr_matrix(X))
+    assert sparse.net_.build_settings_.labels.initial_labels == "random"
     assert shapes and max(rows for rows, _ in shapes) <= sparse.batch_size
     np.testing.assert_array_equal(sparse.labels_, dense.labels_)
     np.testing.assert_allclose(
@@ -377,10 +461,19 @@ def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
     assert nonnegative.build_settings_.propagation.view_neighbors > 0
     assert nonnegative.module_.augment.strength == 0
     assert any(nonnegative.history[:, "repartition"])
-    # Tables: noise views, no propagation.
+    # Tables: noise views at half the strength, no propagation, and a start from a Gaussian
+    # mixture that the network learns for a quarter of the schedule before the first label
+    # step, which already aims at estimated sizes; no re-partition.
     tabular = fits["tabular"].net_
     assert tabular.build_settings_.propagation is None
-    assert tabular.module_.augment.strength == 0.5
+    assert tabular.module_.augment.strength == 0.25
+    label_step = dict(tabular.callbacks_)["label_step"]
+    assert min(label_step.epochs) >= 0.25 * (tabular.max_epochs - 1)
+    assert label_step.estimate_sizes_from <= min(label_step.epochs)
+    assert not any(tabular.history[: min(label_step.epochs), "label_step"])
+    assert not any(tabular.history[:, "repartition"])
+    starts = {name: fit.net_.build_settings_.labels.initial_labels for name, fit in fits.items()}
+    assert starts == {"tabular": "mixture", "nonnegative": "random", "sparse": "kmeans"}
 
 
 def test_sparse_linear_gives_a_sparse_batch_the_dense_output_and_gradient():

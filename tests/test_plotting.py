@@ -36,9 +36,10 @@ def blobs():
 
 @pytest.fixture(scope="module")
 def model(blobs):
-    # Three label steps in eight epochs (after epochs 1, 2 and 4), so that the label-step panel
-    # has fewer points than the per-epoch panels.
+    # Three label steps in eight epochs (after epochs 1, 2 and 4; SeLa's schedule from the
+    # random start), so that the label-step panel has fewer points than the per-epoch panels.
     return SelfLabelingClusterer(
+        init="random",
         n_clusters=N_CLUSTERS,
         n_heads=2,
         hidden_layer_sizes=(32,),
