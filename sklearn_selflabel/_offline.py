@@ -213,7 +213,7 @@ def standardised_by(net: SelfLabelNet) -> Callable[[np.ndarray], np.ndarray]:
     def standardise(rows: np.ndarray) -> np.ndarray:
         batch = torch.as_tensor(rows, dtype=torch.float32, device=net.device)
         with torch.no_grad():
-            return net.module_.standardise(batch).cpu().numpy()
+            return net.inference_module().standardise(batch).cpu().numpy()
 
     return standardise
 
