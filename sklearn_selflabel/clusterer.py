@@ -48,8 +48,8 @@ class SelfLabelingClusterer(
     (every cluster receives ``n_samples / n_clusters`` of the mass), found by Sinkhorn-Knopp
     iterations on the network's probabilities ``P``. The constraint keeps the clustering from
     collapsing into one cluster and maximises the information between samples and labels.
-    Labels start as a random equal split, or for tables and documents as a clustering of the
-    rows (``init``). Training sees augmented views of the rows (noise and feature masking,
+    Labels start as a random equal split, or for small tables and documents as a clustering
+    of the rows (``init``). Training sees augmented views of the rows (noise and feature masking,
     dropped terms, or affine warps of images with ``image_shape``); the label step,
     ``predict`` and ``transform`` see clean rows. With ``image_shape`` and for non-negative
     rows, invariance propagation also pulls each row towards the hardest of the rows
@@ -114,24 +114,25 @@ class SelfLabelingClusterer(
         from its first label step on, without the re-partition.
     init : {"auto", "random", "kmeans", "mixture"}, default="auto"
         The labels that an offline ``fit`` starts from, for every head from a seed of its
-        own. ``"random"``: SeLa's random equal split. ``"kmeans"``: KMeans of the
-        L2-normalised rows (cosine geometry). ``"mixture"``: a Gaussian mixture with one
-        covariance shared by its components of the rows as the network sees them
-        (standardised), fitted on at most 10,000 of them and their first 50 principal
-        components; dense rows only. A start from a clustering is not re-partitioned by the
-        embedding's links, and from ``"mixture"`` the first label step waits for a quarter
-        of the epochs. ``"auto"``: ``"mixture"`` for dense tabular and embedding rows,
-        ``"kmeans"`` for sparse rows (``input_kind="sparse"``), ``"random"`` otherwise
-        (images, other non-negative rows, signed sparse rows). Online mode and
-        ``partial_fit`` need ``"auto"``: they label each batch or chunk from the network.
+        own. ``"random"``: SeLa's random equal split. ``"kmeans"``: KMeans of the L2-normalised
+        rows (cosine geometry). ``"mixture"``: a Gaussian mixture with one covariance shared
+        by its components of the rows as the network sees them (standardised), fitted on at
+        most 10,000 of them and their first 50 principal components; dense rows only. A start
+        from a clustering is not re-partitioned by the embedding's links; from ``"mixture"``
+        the first label step waits for a quarter of the epochs, the steps aim at estimated
+        sizes from the first one on, and noise views are half as strong. ``"auto"``:
+        ``"mixture"`` for dense tabular and embedding rows of at most 1,000 rows,
+        ``"kmeans"`` for sparse rows (``input_kind="sparse"``), ``"random"`` otherwise.
+        Online mode and ``partial_fit`` need ``"auto"``: they label each batch or chunk from
+        the network.
     augment_strength : float, default=0.5
-        Strength of the training views. Tabular and embedding rows: Gaussian noise of
-        ``augment_strength / 2`` standard deviations per feature, and each feature masked to its
-        mean with probability ``augment_strength / 4``. Sparse rows (``input_kind="sparse"``):
-        each stored entry (term) dropped with probability ``augment_strength / 2``. Images
-        (``image_shape``): the scale of the affine jitter (at 0.5, up to 12.5% of the side, 15
-        degrees, 10% of scale and 0.15 of shear). Non-negative dense rows train on neighbour
-        views instead.
+        Strength of the training views. Tabular and embedding rows: Gaussian noise of this
+        many standard deviations per feature (half as many from ``init="mixture"``), and each
+        feature masked to its mean with probability half the noise's standard deviation.
+        Sparse rows (``input_kind="sparse"``): each stored entry (term) dropped with
+        probability ``augment_strength / 2``. Images (``image_shape``): the scale of the
+        affine jitter (at 0.5, up to 12.5% of the side, 15 degrees, 10% of scale and 0.15 of
+        shear). Non-negative dense rows train on neighbour views instead.
     input_kind : {"auto", "tabular", "embedding", "nonnegative", "sparse"}, default="auto"
         What flat rows (no ``image_shape``) are, which sets how they are scaled, how their
         neighbours are found and how training sees them. ``"tabular"``: columns on scales of
@@ -143,8 +144,8 @@ class SelfLabelingClusterer(
         batches that stay sparse into the first layer, KMeans initial labels, views that drop
         terms, and no re-partition by the embedding's links. Non-negative rows train with
         invariance propagation and neighbour views (``propagation="auto"``); tables and
-        embeddings with noise views, from a Gaussian mixture of their rows (``init``).
-        ``"auto"`` detects the kind from the data (the user guide gives the rule).
+        embeddings with noise views, small ones from a Gaussian mixture of their rows
+        (``init``). ``"auto"`` detects the kind from the data (the user guide gives the rule).
     image_shape : tuple of int or None, default=None
         ``(height, width)`` or ``(channels, height, width)`` when the rows are images
         flattened in that order. It turns on image-aware mode: training views are random

@@ -352,6 +352,26 @@ def test_explicit_init_overrides_the_kind(blobs):
     assert signed_sparse.net_.build_settings_.labels.initial_labels == "random"
 
 
+def test_auto_init_starts_only_small_tables_from_the_mixture():
+    from sklearn_selflabel._settings import resolve_settings
+
+    X, _ = make_blobs(n_samples=1500, centers=3, n_features=5, random_state=0)
+    X = X.astype(np.float32)
+    small_table, large_table = (resolve_settings(small(), rows) for rows in (X[:1000], X))
+    assert small_table.labels.initial_labels == "mixture"
+    assert small_table.labels.label_steps_from == 0.25 and not small_table.labels.repartition
+    assert small_table.network.augment_strength == 0.25  # half of augment_strength
+    # Above 1000 rows, SeLa's random start, schedule and re-partition, and the full noise.
+    assert large_table.labels.initial_labels == "random"
+    assert large_table.labels.label_steps_from == 0.0 and large_table.labels.repartition
+    assert large_table.network.augment_strength == 0.5
+    explicit = resolve_settings(small(init="mixture"), X)
+    assert explicit.labels.initial_labels == "mixture"
+    assert explicit.network.augment_strength == 0.25
+    online = resolve_settings(small(label_mode="online"), X[:500])
+    assert online.network.augment_strength == 0.5
+
+
 def test_digits_defaults_never_degenerate_and_beat_chance():
     X, y = load_digits(return_X_y=True)
     model = SelfLabelingClusterer(n_clusters=10, random_state=0).fit(X)
