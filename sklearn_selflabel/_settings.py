@@ -54,13 +54,6 @@ _AUTO_INIT = {"tabular": "mixture", "embedding": "mixture", "sparse": "kmeans"}
 # (150 to 569 rows) and hurt on 16 principal components of sklearn digits (1797 rows; 3
 # seeds: 0.77 against 0.83), where SeLa's schedule from the random split does better.
 _MIXTURE_MAX_ROWS = 1000
-# A fit from the mixture lets the network learn it for the first quarter of the schedule
-# before the first label step, and aims at estimated sizes from that step on, since the
-# mixture's clusters already have sizes of their own (wine and breast cancer, 5 seeds: equal
-# sizes until half the schedule gave ACC 0.933 and 0.807, estimated sizes from the first step
-# 0.976 and 0.946). On text (8 optimizer steps an epoch) the KMeans start lost ACC with the
-# first quarter deferred (2 seeds: -0.004, -0.028), so it keeps the plain schedule.
-_MIXTURE_LABEL_STEPS_FROM = 0.25
 
 
 @dataclass(frozen=True)
@@ -217,8 +210,6 @@ def resolve_settings(
             # whose few broad topics the link partition splits badly (one seed's
             # text_2topics embedding: 0.73, where KMeans of it gives 0.94).
             repartition=init == "random" and kind != "sparse",
-            label_steps_from=_MIXTURE_LABEL_STEPS_FROM if init == "mixture" else 0.0,
-            estimate_sizes_from=0.0 if init == "mixture" else 0.5,
         )
     network = NetworkSettings(
         n_clusters=est.n_clusters,

@@ -140,7 +140,7 @@ class SelfLabelingClusterer(
         one common scale (embeddings of another model, standardised tables), one scale for all,
         Euclidean neighbours. ``"nonnegative"``: non-negative features on a common range
         (pixels, histograms, counts), one scale for all, cosine neighbours. ``"sparse"``:
-        non-negative sparse rows (TF- IDF, counts), each L2-normalised, cosine neighbours,
+        non-negative sparse rows (TF-IDF, counts), each L2-normalised, cosine neighbours,
         batches that stay sparse into the first layer, KMeans initial labels, views that drop
         terms, and no re-partition by the embedding's links. Non-negative rows train with
         invariance propagation and neighbour views (``propagation="auto"``); tables and
