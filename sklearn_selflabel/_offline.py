@@ -32,6 +32,7 @@ from skorch.callbacks import Callback
 
 from ._data import chunked_rows, holds_rows
 from ._label_mode import FittedHead
+from ._layout import layout_labels
 from ._net import SelfLabelNet
 from .propagation import neighbour_link_partition, neighbour_vote_shares
 from .sinkhorn import SinkhornResult, sinkhorn_equipartition
@@ -46,6 +47,8 @@ _ESTIMATED_SIZES_FROM = 0.5
 # 0.976 and 0.946). On text (8 optimizer steps an epoch) the KMeans start lost ACC with the
 # first quarter deferred (2 seeds: -0.004, -0.028), so it keeps the plain schedule.
 _MIXTURE_LABEL_STEPS_FROM = 0.25
+# The starts that the network learns first, as above: the mixture, and the layout's mixture.
+_LEARNED_FIRST = ("mixture", "layout")
 # The mixture start is fitted on at most this many rows (a seeded sample; all rows are then
 # labelled by it), and on their leading principal components when the rows are wider.
 _MIXTURE_ROWS = 10_000
@@ -66,23 +69,26 @@ class OfflineLabels:
     batch_size: int
     # "random": SeLa's random equal split; "kmeans": each head's KMeans of the L2-normalised
     # input rows; "mixture": each head's Gaussian mixture (one shared covariance) of the
-    # standardised input rows; each head from a seed of its own.
+    # standardised input rows; each head from a seed of its own. "layout": every head the
+    # consensus mixture of the rows' layout (_layout).
     initial_labels: str = "random"
     # With estimated sizes, whether their first step re-partitions by the embedding's links.
     repartition: bool = True
+    # The input rows' metric, in which the layout start links them.
+    input_metric: str = "euclidean"
 
     name: ClassVar[str] = "offline"
 
     @property
     def label_steps_from(self) -> float:
         """No label step runs before this fraction of the schedule's epochs."""
-        return _MIXTURE_LABEL_STEPS_FROM if self.initial_labels == "mixture" else 0.0
+        return _MIXTURE_LABEL_STEPS_FROM if self.initial_labels in _LEARNED_FIRST else 0.0
 
     @property
     def estimate_sizes_from(self) -> float:
         """With estimated sizes, the steps from this fraction of the last step's epoch on aim
         at them."""
-        return 0.0 if self.initial_labels == "mixture" else _ESTIMATED_SIZES_FROM
+        return 0.0 if self.initial_labels in _LEARNED_FIRST else _ESTIMATED_SIZES_FROM
 
     def fit_label_step(self, n_epochs: int, seed: int) -> LabelStep:
         epochs = label_step_epochs(n_epochs, self.n_label_steps)
@@ -290,6 +296,17 @@ class LabelStep(Callback):
             labels = mixture_labels(
                 X.X, mode.n_clusters, mode.n_heads, self.seed, standardised_by(net)
             )
+        elif mode.initial_labels == "layout":
+            start = layout_labels(
+                X.X,
+                mode.n_clusters,
+                self.seed,
+                standardise=net.inference_module().standardise,
+                metric=mode.input_metric,
+                device=torch.device(net.device),
+                fast_dtype=net.fast_dtype,
+            )
+            labels = np.tile(start, (mode.n_heads, 1))
         else:
             labels = random_equal_split(len(X), mode.n_clusters, mode.n_heads, self.seed)
         net.label_table_ = torch.from_numpy(labels).to(net.device)

@@ -322,7 +322,7 @@ class SelfLabelingClusterer(
         "sinkhorn_max_iter": [Interval(Integral, 1, None, closed="left")],
         "n_label_steps": [Interval(Integral, 1, None, closed="left")],
         "cluster_sizes": [StrOptions({"equal", "estimated"})],
-        "init": [StrOptions({"auto", "random", "kmeans", "mixture"})],
+        "init": [StrOptions({"auto", "random", "kmeans", "mixture", "layout"})],
         "augment_strength": [Interval(Real, 0, None, closed="left")],
         "input_kind": [StrOptions({"auto", "tabular", "embedding", "nonnegative", "sparse"})],
         "image_shape": ["array-like", None],

@@ -25,7 +25,8 @@ def nearest_neighbors(
     chunk_size: int = 256,
     metric: str = "cosine",
     dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
+    return_distance: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Exact k nearest neighbours of every row among the others, in row chunks.
 
     Parameters
@@ -43,11 +44,16 @@ def nearest_neighbors(
         Precision of the similarities of dense rows; ``torch.bfloat16`` halves the time on
         devices that compute it natively, and can swap neighbours whose similarities agree
         to about three digits.
+    return_distance : bool, default=False
+        Also return the distances to the neighbours: ``1 - cosine similarity``, or the
+        Euclidean distance.
 
     Returns
     -------
     indices : torch.Tensor of shape (n_samples, k), int64
         Neighbours of each row, most similar first; a row is never its own neighbour.
+    distances : torch.Tensor of shape (n_samples, k), float32
+        Only with ``return_distance``.
     """
     if sp.issparse(features):
         if metric != "cosine":
@@ -57,6 +63,7 @@ def nearest_neighbors(
         def block_of(start: int) -> torch.Tensor:
             return torch.from_numpy((rows[start : start + chunk_size] @ rows.T).toarray())
 
+        half_sq_norms = None
     else:
         features = features.float()
         half_sq_norms = None
@@ -79,13 +86,23 @@ def nearest_neighbors(
 
     n_samples = features.shape[0]
     k = min(n_neighbors, n_samples - 1)
-    parts = []
+    indices, distances = [], []
     for start in range(0, n_samples, chunk_size):
         block = block_of(start)
         rows_in_block = torch.arange(block.shape[0], device=block.device)
         block[rows_in_block, rows_in_block + start] = -float("inf")
-        parts.append(block.topk(k, dim=1).indices)
-    return torch.cat(parts)
+        nearest = block.topk(k, dim=1)
+        indices.append(nearest.indices)
+        if return_distance:
+            scores = nearest.values.float()
+            if half_sq_norms is None:  # cosine similarities
+                distances.append((1.0 - scores).clamp_min(0.0))
+            else:  # |x - y|^2 = |x|^2 - 2 (x.y - |y|^2 / 2)
+                sq_norms = 2.0 * half_sq_norms[start : start + chunk_size].float()
+                distances.append((sq_norms[:, None] - 2.0 * scores).clamp_min(0.0).sqrt())
+    if return_distance:
+        return torch.cat(indices), torch.cat(distances)
+    return torch.cat(indices)
 
 
 def propagate(neighbors: np.ndarray, n_hops: int) -> sp.csr_matrix:

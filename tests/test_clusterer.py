@@ -457,7 +457,7 @@ def test_sparse_input_matches_dense_and_is_densified_batch_by_batch(blobs, monke
 
 
 def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
-    X, _ = make_blobs(n_samples=300, n_features=12, random_state=0)
+    X, y = make_blobs(n_samples=300, n_features=12, random_state=0)
     counts = np.abs(X).round()  # non-negative, a third of the entries zero
     fits = {
         "tabular": small().fit(X * np.geomspace(1, 1000, X.shape[1])),
@@ -476,11 +476,16 @@ def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
     assert label_step.estimate_sizes_from is not None
     assert label_step.repartition_epoch() is None
     assert not any(sparse.history[:, "repartition"])
-    # Non-negative dense rows: propagation and neighbour views instead of noise.
+    # Non-negative dense rows: propagation and neighbour views instead of noise, and a start
+    # from their layout that the network learns for a quarter of the schedule; no
+    # re-partition.
     nonnegative = fits["nonnegative"].net_
     assert nonnegative.build_settings_.propagation.view_neighbors > 0
     assert nonnegative.module_.augment.strength == 0
-    assert any(nonnegative.history[:, "repartition"])
+    label_step = dict(nonnegative.callbacks_)["label_step"]
+    assert min(label_step.epochs) >= 0.25 * (nonnegative.max_epochs - 1)
+    assert not any(nonnegative.history[:, "repartition"])
+    assert adjusted_rand_score(y, fits["nonnegative"].labels_) > 0.9
     # Tables: noise views at half the strength, no propagation, and a start from a Gaussian
     # mixture that the network learns for a quarter of the schedule before the first label
     # step, which already aims at estimated sizes; no re-partition.
@@ -493,7 +498,7 @@ def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
     assert not any(tabular.history[: min(label_step.epochs), "label_step"])
     assert not any(tabular.history[:, "repartition"])
     starts = {name: fit.net_.build_settings_.labels.initial_labels for name, fit in fits.items()}
-    assert starts == {"tabular": "mixture", "nonnegative": "random", "sparse": "kmeans"}
+    assert starts == {"tabular": "mixture", "nonnegative": "layout", "sparse": "kmeans"}
 
 
 def test_sparse_linear_gives_a_sparse_batch_the_dense_output_and_gradient():
