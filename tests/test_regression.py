@@ -93,6 +93,7 @@ CONFIGURATIONS = {
     "image_no_propagation": lambda: fit(
         digits(), n_clusters=10, image_shape=(8, 8), max_epochs=4, propagation=False, n_init=1
     ),
+    "nonnegative_layout": lambda: fit(digits(), n_clusters=10),
     "sparse": lambda: fit(sparse_rows()),
     "sparse_documents": lambda: fit(documents()),
     "online": lambda: fit(blobs(), label_mode="online", queue_size=64),
