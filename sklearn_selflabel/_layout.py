@@ -37,7 +37,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from ._data import chunked_rows, row_tensor
+from ._data import chunked_rows, iter_row_batches, row_tensor
 from .propagation import nearest_neighbors
 
 # The autoencoder: hidden widths of its encoder (the decoder mirrors them), optimizer steps
@@ -48,6 +48,8 @@ from .propagation import nearest_neighbors
 _AUTOENCODER_LAYERS = (256, 256, 1024)
 _AUTOENCODER_STEPS = 2000
 _AUTOENCODER_PASSES = 250
+# Rows per batch of the pass that computes the codes.
+_CODES_BATCH = 4096
 _AUTOENCODER_BATCH = 256
 # The codes have n_clusters dimensions, as in N2D, and at least this many.
 _MIN_CODES = 10
@@ -167,8 +169,8 @@ def autoencoder_codes(
     with torch.no_grad():
         return torch.cat(
             [
-                encoder(standardise(torch.from_numpy(chunk).float().to(device)))
-                for chunk in chunked_rows(X)
+                encoder(standardise(torch.from_numpy(rows).to(device)))
+                for rows in iter_row_batches(X, _CODES_BATCH)
             ]
         )
 

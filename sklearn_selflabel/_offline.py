@@ -233,7 +233,8 @@ def standardised_by(net: SelfLabelNet) -> Callable[[np.ndarray], np.ndarray]:
     """Dense raw rows -> the rows in the units that ``net``'s encoder sees, as float32."""
 
     def standardise(rows: np.ndarray) -> np.ndarray:
-        batch = torch.as_tensor(rows, dtype=torch.float32, device=net.device)
+        # A copy: torch warns on read-only arrays (a pandas frame's values, a memmap).
+        batch = torch.tensor(rows, dtype=torch.float32, device=net.device)
         with torch.no_grad():
             return net.inference_module().standardise(batch).cpu().numpy()
 
