@@ -4,7 +4,7 @@ neighbour-embedding layout of the rows (``init="layout"``).
 Pixels as flat rows hold their categories on manifolds that their input geometry does not lay
 bare: two categories' rows can be each other's nearest neighbours (a 4 and a 9), and a network
 trained from SeLa's random split memorises that split before it finds them. N2D (McConville et
-al. 2021) clusters such rows by an autoencoder, a UMAP layout of its codes and a Gaussian
+al. 2020) clusters such rows by an autoencoder, a UMAP layout of its codes and a Gaussian
 mixture. This start does the same, in four steps:
 
 1. ``autoencoder_codes``: a small autoencoder learns to reconstruct the standardised rows; its
@@ -295,6 +295,9 @@ def consensus_mixture(layout: np.ndarray, n_clusters: int, *, seed: int) -> np.n
     others is returned.
     """
     rng = np.random.default_rng(seed)
+    # In float32, a component whose rows lie near a subspace of the layout (letter's 16
+    # features laid out in 26 dimensions) fails its Cholesky factorisation.
+    layout = np.asarray(layout, dtype=np.float64)
     n_samples = len(layout)
     sample = layout[np.sort(rng.choice(n_samples, min(n_samples, _MIXTURE_ROWS), replace=False))]
     candidates = []

@@ -97,6 +97,17 @@ def test_consensus_mixture_keeps_the_solution_most_others_agree_with(monkeypatch
     np.testing.assert_array_equal(consensus_mixture(points, 3, seed=0), good)
 
 
+def test_consensus_mixture_of_a_float32_layout_near_a_subspace():
+    # Groups stretched along a plane of an 8-dimensional float32 layout: float32 mixtures fail
+    # to factorise their covariances (letter's layout did so).
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(4), 100)
+    plane = rng.normal(size=(2, 8))
+    layout = rng.uniform(-30, 30, size=(4, 8))[truth] + 10 * rng.normal(size=(400, 2)) @ plane
+    labels = consensus_mixture(layout.astype(np.float32), 4, seed=0)
+    assert adjusted_rand_score(truth, labels) > 0.9
+
+
 @pytest.fixture
 def nonnegative_blobs():
     X, y = make_blobs(400, centers=4, n_features=20, cluster_std=2.0, random_state=0)
