@@ -48,12 +48,12 @@ class SelfLabelingClusterer(
     (every cluster receives ``n_samples / n_clusters`` of the mass), found by Sinkhorn-Knopp
     iterations on the network's probabilities ``P``. The constraint keeps the clustering from
     collapsing into one cluster and maximises the information between samples and labels.
-    Labels start as a random equal split, or for small tables and documents as a clustering
-    of the rows (``init``). Training sees augmented views of the rows (noise and feature masking,
-    dropped terms, or affine warps of images with ``image_shape``); the label step,
-    ``predict`` and ``transform`` see clean rows. With ``image_shape`` and for non-negative
-    rows, invariance propagation also pulls each row towards the hardest of the rows
-    reachable from it through nearest-neighbour links in the embedding.
+    Labels start as a random equal split, or for non-negative rows (pixels), small tables and
+    documents as a clustering of the rows (``init``). Training sees augmented views of the rows
+    (noise and feature masking, dropped terms, or affine warps of images with ``image_shape``);
+    the label step, ``predict`` and ``transform`` see clean rows. With ``image_shape`` and for
+    non-negative rows, invariance propagation also pulls each row towards the hardest of the
+    rows reachable from it through nearest-neighbour links in the embedding.
 
     The network is a skorch ``NeuralNet`` built in ``fit`` and kept as ``net_``; its
     ``history`` records, per epoch, the loss, whether a label step ran, the fraction of labels
@@ -110,21 +110,26 @@ class SelfLabelingClusterer(
         least half the equal share each). Offline mode only; a ``partial_fit`` chunk is
         labelled with equal sizes, its last step with estimated ones.
         With fewer than 20 rows per cluster on average, the label steps aim at equal sizes.
-        A fit from a clustering of the rows (``init="mixture"``) aims at estimated sizes
-        from its first label step on, without the re-partition.
-    init : {"auto", "random", "kmeans", "mixture"}, default="auto"
+        A fit from a clustering of the rows (``init="mixture"`` or ``"layout"``) aims at
+        estimated sizes from its first label step on, without the re-partition.
+    init : {"auto", "random", "kmeans", "mixture", "layout"}, default="auto"
         The labels that an offline ``fit`` starts from, for every head from a seed of its
         own. ``"random"``: SeLa's random equal split. ``"kmeans"``: KMeans of the L2-normalised
         rows (cosine geometry). ``"mixture"``: a Gaussian mixture with one covariance shared
         by its components of the rows as the network sees them (standardised), fitted on at
-        most 10,000 of them and their first 50 principal components; dense rows only. A start
-        from a clustering is not re-partitioned by the embedding's links; from ``"mixture"``
-        the first label step waits for a quarter of the epochs, the steps aim at estimated
-        sizes from the first one on, and noise views are half as strong. ``"auto"``:
-        ``"mixture"`` for dense tabular and embedding rows of at most 1,000 rows,
-        ``"kmeans"`` for sparse rows (``input_kind="sparse"``), ``"random"`` otherwise.
-        Online mode and ``partial_fit`` need ``"auto"``: they label each batch or chunk from
-        the network.
+        most 10,000 of them and their first 50 principal components; dense rows only.
+        ``"layout"``: every head the same clustering of a layout of the rows, as N2D finds
+        it: an autoencoder's codes of the standardised rows, the nearest-neighbour links that
+        the codes and the input rows agree on, UMAP's layout of those links in ``n_clusters``
+        dimensions, and of 12 Gaussian mixtures of the layout the one that agrees best with
+        the others; dense rows only. A start from a clustering is not re-partitioned by the
+        embedding's links; from ``"mixture"`` or ``"layout"`` the first label step waits for
+        a quarter of the epochs and the steps aim at estimated sizes from the first one on,
+        and from ``"mixture"`` noise views are half as strong. ``"auto"``: ``"layout"`` for
+        dense non-negative rows (``input_kind="nonnegative"``), ``"mixture"`` for dense
+        tabular and embedding rows of at most 1,000 rows, ``"kmeans"`` for sparse rows
+        (``input_kind="sparse"``), ``"random"`` otherwise (images included). Online mode and
+        ``partial_fit`` need ``"auto"``: they label each batch or chunk from the network.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular and embedding rows: Gaussian noise of this
         many standard deviations per feature (half as many from ``init="mixture"``), and each
@@ -140,12 +145,13 @@ class SelfLabelingClusterer(
         one common scale (embeddings of another model, standardised tables), one scale for all,
         Euclidean neighbours. ``"nonnegative"``: non-negative features on a common range
         (pixels, histograms, counts), one scale for all, cosine neighbours. ``"sparse"``:
-        non-negative sparse rows (TF-IDF, counts), each L2-normalised, cosine neighbours,
-        batches that stay sparse into the first layer, KMeans initial labels, views that drop
-        terms, and no re-partition by the embedding's links. Non-negative rows train with
-        invariance propagation and neighbour views (``propagation="auto"``); tables and
-        embeddings with noise views, small ones from a Gaussian mixture of their rows
-        (``init``). ``"auto"`` detects the kind from the data (the user guide gives the rule).
+        non-negative sparse rows (TF-IDF, counts), each L2-normalised, cosine neighbours, batches
+        that stay sparse into the first layer, KMeans initial labels, views that drop terms, and no
+        re-partition by the embedding's links. Non-negative dense rows start from their layout
+        (``init``) and train with invariance propagation and neighbour views
+        (``propagation="auto"``); tables and embeddings with noise views, small ones from a Gaussian
+        mixture of their rows (``init``). ``"auto"`` detects the kind from the data (the user guide
+        gives the rule).
     image_shape : tuple of int or None, default=None
         ``(height, width)`` or ``(channels, height, width)`` when the rows are images
         flattened in that order. It turns on image-aware mode: training views are random
@@ -197,13 +203,15 @@ class SelfLabelingClusterer(
     mixed_precision : bool or "auto", default="auto"
         Train with bfloat16 autocast (the weights stay float32; ``predict``, ``transform``,
         ``score`` and the last label step compute in float32). ``"auto"``: for image fits
-        (``image_shape``) on a device that computes bfloat16 natively (CUDA, or a CPU with
-        AVX-512 BF16 or AMX), else off. ``True`` on a device without native bfloat16 is slow.
+        (``image_shape``) and fits from ``init="layout"`` (its autoencoder too) on a device that
+        computes bfloat16 natively (CUDA, or a CPU with AVX-512 BF16 or AMX), else off. ``True`` on
+        a device without native bfloat16 is slow.
     n_init : int or "auto", default="auto"
         Number of times the network is trained from different seeds; the fit with the highest
         ``score`` on the training rows is kept, as ``KMeans`` keeps the lowest inertia.
         ``"auto"``: 2 for image fits (``image_shape``) of at most 1000 optimizer steps
-        (``max_epochs`` times the batches per epoch), else 1, and always 1 with
+        (``max_epochs`` times the batches per epoch) and for fits from ``init="layout"`` of
+        at most 5,000 rows, else 1, and always 1 with
         ``checkpoint_dir``, in online mode or with an ``accelerator``, none of which an
         integer above 1 can be combined with.
     random_state : int, RandomState instance or None, default=None
@@ -291,6 +299,11 @@ class SelfLabelingClusterer(
        NeurIPS 2013.
     .. [3] F. Wang, H. Liu, D. Guo and F. Sun. "Unsupervised representation learning by
        invariance propagation". NeurIPS 2020.
+    .. [4] R. McConville, R. Santos-Rodriguez, R. J. Piechocki and I. Craddock. "N2D: (not
+       too) deep clustering via clustering the local manifold of an autoencoded embedding".
+       ICPR 2020.
+    .. [5] L. McInnes, J. Healy and J. Melville. "UMAP: Uniform manifold approximation and
+       projection for dimension reduction". arXiv:1802.03426, 2018.
 
     Examples
     --------

@@ -170,7 +170,9 @@ def test_propagation_parameters_are_searchable(digits):
     assert clone(search.best_estimator_).get_params()["image_shape"] == (8, 8)
 
 
-def test_auto_n_init_trains_only_small_image_fits_twice(tmp_path):
+def test_auto_n_init_trains_small_image_and_small_layout_fits_twice(tmp_path, monkeypatch):
+    from sklearn_selflabel import _settings
+
     X = np.random.default_rng(0).random((40, 16)).astype(np.float32)
     params = dict(n_clusters=2, n_heads=1, embedding_dim=4, propagation=False, random_state=0)
 
@@ -180,8 +182,14 @@ def test_auto_n_init_trains_only_small_image_fits_twice(tmp_path):
     image = dict(image_shape=(4, 4), batch_size=4)
     assert n_fits(**image, max_epochs=100) == 2  # 10 batches an epoch: 1000 steps
     assert n_fits(**image, max_epochs=101) == 1
-    assert n_fits(hidden_layer_sizes=(4,), batch_size=4, max_epochs=5) == 1  # tabular rows
     assert n_fits(**image, max_epochs=5, checkpoint_dir=tmp_path) == 1
+    flat = dict(hidden_layer_sizes=(4,), batch_size=4, max_epochs=5)
+    assert n_fits(**flat, input_kind="tabular") == 1
+    # Non-negative rows start from their layout, and small data sets' fits from it twice.
+    assert n_fits(**flat) == 2
+    assert n_fits(**flat, init="random") == 1
+    monkeypatch.setattr(_settings, "_MAX_LAYOUT_RESTART_ROWS", len(X) - 1)
+    assert n_fits(**flat) == 1
 
 
 def test_auto_epochs_give_image_fits_enough_steps():
