@@ -14,12 +14,16 @@ Prints and writes ACC (Hungarian-matched accuracy), NMI and ARI as mean +- sd ov
 fit seconds and the smallest cluster as a share of N/K, then two ablations: on USPS images
 (SeLa alone, + image augmentation, + invariance propagation, + estimated cluster sizes, and
 1 head against the default 8) and on flat rows: USPS pixels (the tables' treatment, the
-detected kind's geometry alone, and the defaults, which add input-space neighbour positives,
-propagation and neighbour views) and TF-IDF text (the tables' treatment, the sparse kind
+previous version's defaults from SeLa's random split, the layout start without propagation
+or neighbour views, and the defaults), TF-IDF text (the tables' treatment, the sparse kind
 without views, the defaults, which add views that drop terms, and the defaults with
-propagation and neighbour views as well).
+propagation and neighbour views as well) and the small tables (the random start, the mixture
+start with the old noise, and the defaults).
 
     python benchmarks/quality.py --data-dir ../shared/data
+
+``--datasets`` runs some sets (the report still covers every set on record) and
+``--ablations flat`` only the flat-row ablations.
 
 Fits run in parallel processes with one torch thread each (``--jobs``, default 2, the cores
 of the reference machine); fit seconds are therefore single-thread times. Each finished fit
@@ -98,14 +102,17 @@ SMALL_TABLE_ABLATION = {
 FLAT_ABLATION = {
     "usps": {
         "as_table": AS_TABLE,
-        "kind_only": (
-            "the detected kind's scaling and geometry, without propagation or views",
+        "random_start": (
+            "the detected kind's geometry, input-space neighbour positives, propagation and "
+            "neighbour views, from SeLa's random split (the previous version's defaults)",
+            dict(init="random"),
+        ),
+        "layout_only": (
+            "start from the rows' layout (autoencoder, agreed neighbour links, layout, "
+            "consensus mixture), without propagation or neighbour views",
             dict(propagation=False),
         ),
-        "full": (
-            "+ input-space neighbour positives, propagation and neighbour views (= defaults)",
-            {},
-        ),
+        "full": ("+ propagation and neighbour views (= defaults)", {}),
     },
     "text": {
         "as_table": AS_TABLE,
@@ -231,7 +238,12 @@ def job(table: str, data: str, method: str, seed: int, image: bool, params: dict
     return dict(table=table, data=data, method=method, seed=seed, image=image, params=params)
 
 
-def jobs(datasets: list[str], seeds: list[int], ablation_seeds: list[int]) -> list[dict]:
+def jobs(
+    datasets: list[str],
+    seeds: list[int],
+    ablation_seeds: list[int],
+    ablations: tuple[str, ...] = ("image", "flat"),
+) -> list[dict]:
     baselines = [m for m in BASELINES if m != "UMAP + GMM" or umap_installed()]
     out = []
     for seed in seeds:
@@ -245,12 +257,12 @@ def jobs(datasets: list[str], seeds: list[int], ablation_seeds: list[int]) -> li
                     continue
                 out.append(job("main", data, method, seed, False, {}))
     for seed in ablation_seeds:
-        if "usps" in datasets:
+        if "usps" in datasets and "image" in ablations:
             for method, (_, params) in ABLATION.items():
                 if method != "full":  # the same fit as selflabel_image
                     out.append(job("ablation", "usps", method, seed, True, params))
         for data, configs in FLAT_ABLATION.items():
-            if data in datasets:
+            if data in datasets and "flat" in ablations:
                 for method, (_, params) in configs.items():
                     if method != "full":  # the same fit as selflabel
                         out.append(job("flat_ablation", data, method, seed, False, params))
@@ -398,6 +410,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--ablation-seeds", type=int, default=5, help="0: no ablations")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument(
+        "--ablations",
+        nargs="*",
+        default=["image", "flat"],
+        choices=["image", "flat"],
+        help="which ablations to run: USPS images, and each set's flat rows",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results")
     parser.add_argument(
@@ -416,7 +435,8 @@ def main() -> None:
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     finished = {key(r) for r in done}
     seeds, ablation_seeds = list(range(args.seeds)), list(range(args.ablation_seeds))
-    todo = [j for j in jobs(datasets, seeds, ablation_seeds) if key(j) not in finished]
+    planned = jobs(datasets, seeds, ablation_seeds, tuple(args.ablations))
+    todo = [j for j in planned if key(j) not in finished]
     # The quick baselines first, then the main table's fits, longest first (so that the
     # parallel workers finish together), then the flat and the image ablations, then UMAP:
     # an interrupted run has the comparisons that matter most.

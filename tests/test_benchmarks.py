@@ -106,7 +106,7 @@ def test_quality_jobs_cover_every_set_and_images_only_where_rows_are_images():
         assert ("selflabel_image" in methods) == is_image
     flat = {(j["data"], j["method"]) for j in planned if j["table"] == "flat_ablation"}
     assert flat == (
-        {("usps", "as_table"), ("usps", "kind_only")}
+        {("usps", m) for m in ("as_table", "random_start", "layout_only")}
         | {("text", m) for m in ("as_table", "kind_only", "propagation")}
         | {
             (data, m)
@@ -114,6 +114,8 @@ def test_quality_jobs_cover_every_set_and_images_only_where_rows_are_images():
             for m in ("random_start", "mixture_start")
         }
     )
+    only_flat = quality.jobs(["usps"], seeds=[0], ablation_seeds=[0], ablations=("flat",))
+    assert {j["table"] for j in only_flat} == {"main", "flat_ablation"}
 
 
 def test_quality_baseline_on_a_table_with_fewer_features_than_pca_components(tmp_path):
