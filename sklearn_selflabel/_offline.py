@@ -221,8 +221,9 @@ def estimated_cluster_weights(
 ) -> np.ndarray:
     """Cluster sizes that the embedding supports, for labels of shape ``(n_samples,)`` or
     ``(n_heads, n_samples)``: the shares after a majority vote of each row's nearest
-    neighbours (``neighbour_vote_shares``, neighbours searched at ``dtype``), none below half
-    the equal share, so that no cluster can be voted away.
+    neighbours (``neighbour_vote_shares``, neighbours searched at ``dtype``), each raised to
+    at least half the equal share before they are normalised again, so that no cluster can
+    be voted away (a raised share ends a little below half the equal share).
     """
     return neighbour_vote_shares(
         embedding, labels, n_clusters, min_share=0.5 / n_clusters, dtype=dtype
