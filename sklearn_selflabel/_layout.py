@@ -1,5 +1,5 @@
-"""The layout start: the labels that an offline fit of flat rows starts from, found in a
-neighbour-embedding layout of the rows (``init="layout"``).
+"""The layout start: the labels that an offline fit of images or non-negative flat rows starts
+from, found in a neighbour-embedding layout of the rows (``init="layout"``).
 
 Pixels as flat rows hold their categories on manifolds that their input geometry does not lay
 bare: two categories' rows can be each other's nearest neighbours (a 4 and a 9), and a network

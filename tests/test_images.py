@@ -8,6 +8,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 
 from sklearn_selflabel import SelfLabelingClusterer
+from sklearn_selflabel._settings import resolve_settings
 from sklearn_selflabel.augment import ImageAugment, TabularAugment, TermDropout
 from sklearn_selflabel.modules import ConvEncoder, GridAveragePool
 
@@ -179,10 +180,13 @@ def test_auto_n_init_trains_small_image_and_small_layout_fits_twice(tmp_path, mo
     def n_fits(**more) -> int:
         return len(SelfLabelingClusterer(**params, **more).fit(X).init_scores_)
 
-    image = dict(image_shape=(4, 4), batch_size=4)
+    image = dict(image_shape=(4, 4), batch_size=4, init="random")
     assert n_fits(**image, max_epochs=100) == 2  # 10 batches an epoch: 1000 steps
     assert n_fits(**image, max_epochs=101) == 1
     assert n_fits(**image, max_epochs=5, checkpoint_dir=tmp_path) == 1
+    # Images start from their layout, and small data sets' fits from it twice at any length.
+    from_layout = SelfLabelingClusterer(**params, image_shape=(4, 4), batch_size=4, max_epochs=101)
+    assert len(resolve_settings(from_layout, X).seeds) == 2
     flat = dict(hidden_layer_sizes=(4,), batch_size=4, max_epochs=5)
     assert n_fits(**flat, input_kind="tabular") == 1
     # Non-negative rows start from their layout, and small data sets' fits from it twice.
