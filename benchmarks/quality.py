@@ -73,12 +73,19 @@ OURS = {
 }
 ABLATION = {
     "sela": (
-        "SeLa alone (no views, no propagation, equal cluster sizes)",
-        dict(augment_strength=0.0, propagation=False, cluster_sizes="equal"),
+        "SeLa alone (random start, no views, no propagation, equal cluster sizes)",
+        dict(init="random", augment_strength=0.0, propagation=False, cluster_sizes="equal"),
     ),
-    "sela_aug": ("+ image augmentation", dict(propagation=False, cluster_sizes="equal")),
-    "sela_aug_ip": ("+ invariance propagation", dict(cluster_sizes="equal")),
-    "full": ("+ estimated cluster sizes (= defaults + image_shape)", {}),
+    "sela_aug": (
+        "+ image augmentation",
+        dict(init="random", propagation=False, cluster_sizes="equal"),
+    ),
+    "sela_aug_ip": ("+ invariance propagation", dict(init="random", cluster_sizes="equal")),
+    "random_start": (
+        "+ estimated cluster sizes (SeLa's random start: the previous version's defaults)",
+        dict(init="random"),
+    ),
+    "full": ("+ the layout start (= defaults + image_shape)", {}),
     "one_head": ("... with 1 head instead of 8", dict(n_heads=1)),
 }
 AS_TABLE = (
