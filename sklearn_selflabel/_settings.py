@@ -53,9 +53,7 @@ _VIEW_NEIGHBORS = 10
 # split, a small table's network memorises the split before it learns the rows' structure
 # (on wine, 178 rows, an epoch is one optimizer step), and ends at the equipartition.
 # Documents start from KMeans in their cosine geometry; images and the other non-negative
-# rows (pixels, codes) from their layout. Image fits from the layout clustered better than
-# from SeLa's random split (benchmarks/quality.py, 5 seeds: MNIST-test 0.983 against 0.979,
-# USPS 0.987 against 0.984, sklearn digits 0.924 against 0.918), for the start's 15-25 s.
+# rows (pixels, codes) from their layout, images only when they are many (below).
 _AUTO_INIT = {
     "tabular": "mixture",
     "embedding": "mixture",
@@ -67,6 +65,13 @@ _AUTO_INIT = {
 # (150 to 569 rows) and hurt on 16 principal components of sklearn digits (1797 rows; 3
 # seeds: 0.77 against 0.83), where SeLa's schedule from the random split does better.
 _MIXTURE_MAX_ROWS = 1000
+# Images of more rows than this start from their layout, fewer from SeLa's random split, which
+# their views and propagation undo. From the layout, large sets clustered better
+# (benchmarks/quality.py, 5 seeds: MNIST-test 0.983 against 0.979, USPS 0.987 against 0.984)
+# for the start's 15-25 s; sklearn digits (1,797 rows), whose autoencoder learns poor codes,
+# clustered worse from it (0.924 against 0.933) and took 2.6 times as long (44.5 s against
+# 17.3 s on 2 threads, two fits each).
+_MIN_IMAGE_LAYOUT_ROWS = 5_000
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,9 @@ def resolve_settings(
         init = _AUTO_INIT.get(kind, "random")
         if init == "mixture" and (sp.issparse(X) or n_samples > _MIXTURE_MAX_ROWS):
             init = "random"
-        if init == "layout" and sp.issparse(X):
+        if init == "layout" and (
+            sp.issparse(X) or (kind == "image" and n_samples <= _MIN_IMAGE_LAYOUT_ROWS)
+        ):
             init = "random"
     augment_strength = est.augment_strength
     if kind in _NEIGHBOUR_KINDS:

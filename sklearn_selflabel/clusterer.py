@@ -126,11 +126,11 @@ class SelfLabelingClusterer(
         embedding's links; from ``"mixture"`` or ``"layout"`` the first label step waits for
         a quarter of the epochs and the steps aim at estimated sizes from the first one on,
         and from ``"mixture"`` noise views are half as strong. ``"auto"``: ``"layout"`` for
-        images (``image_shape``) and dense non-negative rows (``input_kind="nonnegative"``),
-        ``"mixture"`` for dense tabular and embedding rows of at most 1,000 rows,
-        ``"kmeans"`` for sparse rows (``input_kind="sparse"``), ``"random"`` otherwise.
-        Online mode and ``partial_fit`` need ``"auto"``: they label each batch or chunk from
-        the network.
+        images (``image_shape``) of more than 5,000 rows and dense non-negative rows
+        (``input_kind="nonnegative"``), ``"mixture"`` for dense tabular and embedding rows of
+        at most 1,000 rows, ``"kmeans"`` for sparse rows (``input_kind="sparse"``),
+        ``"random"`` otherwise. Online mode and ``partial_fit`` need ``"auto"``: they label
+        each batch or chunk from the network.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular and embedding rows: Gaussian noise of this
         many standard deviations per feature (half as many from ``init="mixture"``), and each

@@ -184,9 +184,12 @@ def test_auto_n_init_trains_small_image_and_small_layout_fits_twice(tmp_path, mo
     assert n_fits(**image, max_epochs=100) == 2  # 10 batches an epoch: 1000 steps
     assert n_fits(**image, max_epochs=101) == 1
     assert n_fits(**image, max_epochs=5, checkpoint_dir=tmp_path) == 1
-    # Images start from their layout, and small data sets' fits from it twice at any length.
-    from_layout = SelfLabelingClusterer(**params, image_shape=(4, 4), batch_size=4, max_epochs=101)
-    assert len(resolve_settings(from_layout, X).seeds) == 2
+    # Images start from their layout only when they are many; small sets' fits from it twice.
+    long_image = SelfLabelingClusterer(**params, image_shape=(4, 4), batch_size=4, max_epochs=101)
+    assert resolve_settings(long_image, X).labels.initial_labels == "random"
+    monkeypatch.setattr(_settings, "_MIN_IMAGE_LAYOUT_ROWS", len(X) - 1)
+    from_layout = resolve_settings(long_image, X)
+    assert from_layout.labels.initial_labels == "layout" and len(from_layout.seeds) == 2
     flat = dict(hidden_layer_sizes=(4,), batch_size=4, max_epochs=5)
     assert n_fits(**flat, input_kind="tabular") == 1
     # Non-negative rows start from their layout, and small data sets' fits from it twice.
