@@ -8,7 +8,6 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 
 from sklearn_selflabel import SelfLabelingClusterer
-from sklearn_selflabel._settings import resolve_settings
 from sklearn_selflabel.augment import ImageAugment, TabularAugment, TermDropout
 from sklearn_selflabel.modules import ConvEncoder, GridAveragePool
 
@@ -186,9 +185,9 @@ def test_auto_n_init_trains_small_image_and_small_layout_fits_twice(tmp_path, mo
     assert n_fits(**image, max_epochs=5, checkpoint_dir=tmp_path) == 1
     # Images start from their layout only when they are many; small sets' fits from it twice.
     long_image = SelfLabelingClusterer(**params, image_shape=(4, 4), batch_size=4, max_epochs=101)
-    assert resolve_settings(long_image, X).labels.initial_labels == "random"
+    assert _settings.resolve_settings(long_image, X).labels.initial_labels == "random"
     monkeypatch.setattr(_settings, "_MIN_IMAGE_LAYOUT_ROWS", len(X) - 1)
-    from_layout = resolve_settings(long_image, X)
+    from_layout = _settings.resolve_settings(long_image, X)
     assert from_layout.labels.initial_labels == "layout" and len(from_layout.seeds) == 2
     flat = dict(hidden_layer_sizes=(4,), batch_size=4, max_epochs=5)
     assert n_fits(**flat, input_kind="tabular") == 1
