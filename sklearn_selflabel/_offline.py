@@ -53,11 +53,6 @@ _LEARNED_FIRST = ("mixture", "layout")
 # labelled by it), and on their leading principal components when the rows are wider.
 _MIXTURE_ROWS = 10_000
 _MIXTURE_COMPONENTS = 50
-# Estimated cluster sizes are at least this fraction of the equal share. Below half of it a
-# cluster counts as degenerate; the margin above that line leaves room for the hard labels,
-# which land within a few rows of a step's marginals (on letter, a cluster floored at exactly
-# half the equal share, 384.6 rows, ended with 384).
-_MIN_ESTIMATED_SHARE = 0.55
 
 
 @dataclass(frozen=True)
@@ -226,12 +221,12 @@ def estimated_cluster_weights(
 ) -> np.ndarray:
     """Cluster sizes that the embedding supports, for labels of shape ``(n_samples,)`` or
     ``(n_heads, n_samples)``: the shares after a majority vote of each row's nearest
-    neighbours (``neighbour_vote_shares``, neighbours searched at ``dtype``), none below
-    ``_MIN_ESTIMATED_SHARE`` times the equal share (the others make room for a raised one),
-    so that no cluster can be voted away.
+    neighbours (``neighbour_vote_shares``, neighbours searched at ``dtype``), each raised to
+    at least half the equal share before they are normalised again, so that no cluster can
+    be voted away (a raised share ends a little below half the equal share).
     """
     return neighbour_vote_shares(
-        embedding, labels, n_clusters, min_share=_MIN_ESTIMATED_SHARE / n_clusters, dtype=dtype
+        embedding, labels, n_clusters, min_share=0.5 / n_clusters, dtype=dtype
     )
 
 
