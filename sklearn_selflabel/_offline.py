@@ -7,12 +7,14 @@ epochs (dense early, sparse late) the network's logits on the clean training row
 the first step from half the schedule on re-partitions every head by the embedding's
 nearest-neighbour links (unless the mode says otherwise: sparse rows keep their labels), and
 the later steps aim at the sizes that a neighbour vote supports.
-``fitted_head`` runs one more such step on the trained network: it fixes ``logit_offsets_``.
+``fitted_head`` runs one more such step on the trained network: it fixes ``logit_offsets_``
+(with estimated sizes, topped up so that the hard labels keep every cluster's floor).
 ``ChunkLabelStep`` labels a ``partial_fit`` chunk by one step before training on it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Collection
@@ -53,6 +55,11 @@ _LEARNED_FIRST = ("mixture", "layout")
 # labelled by it), and on their leading principal components when the rows are wider.
 _MIXTURE_ROWS = 10_000
 _MIXTURE_COMPONENTS = 50
+# Estimated cluster sizes are at least this fraction of the equal share, so that no cluster
+# can be voted away (below half of it a cluster counts as degenerate). The last label step's
+# hard labels hold at least as many rows too: rounding them can end a row or so short of the
+# marginal (letter: 384 rows for a floor of 384.6), so a short cluster is topped up.
+_MIN_ESTIMATED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,33 @@ class OfflineLabels:
         state = dict(net.callbacks_)["label_step"].solver_state_
         result = self.solve(logits[best], weights, None if state is None else state[best])
         offsets = (result.state / self.lamb).cpu().numpy().astype(np.float32)
+        if weights is not None:
+            min_rows = math.ceil(_MIN_ESTIMATED_SHARE * logits.shape[1] / self.n_clusters)
+            offsets = topped_up(logits[best], offsets, min_rows)
         return FittedHead(best, head_losses, offsets)
+
+
+def topped_up(logits: torch.Tensor, offsets: np.ndarray, min_rows: int) -> np.ndarray:
+    """``offsets`` (float32) raised so that ``argmax(logits + offsets)`` gives every cluster
+    at least ``min_rows`` of the rows, where raises can: the shortest cluster, while short,
+    takes the rows that are nearest to joining it, its offset set halfway between the last
+    row it needs and the next, so that the two stay apart by as wide a margin as the logits
+    allow. A cluster that gives up rows can end short in turn, so this runs a few rounds;
+    rows with the same logits cannot be told apart by offsets, so a cluster can stay short.
+    """
+    offsets = offsets.copy()
+    for _ in range(2 * len(offsets)):
+        shifted = logits + torch.from_numpy(offsets).to(logits.device)
+        labels = shifted.argmax(dim=1)
+        counts = torch.bincount(labels, minlength=len(offsets))
+        short = int(counts.argmin())
+        need = min_rows - int(counts[short])
+        if need <= 0:
+            break
+        margins = (shifted.max(dim=1).values - shifted[:, short])[labels != short]
+        last, after = torch.topk(margins, need + 1, largest=False).values[-2:].tolist()
+        offsets[short] += (last + after) / 2
+    return offsets
 
 
 def label_step_epochs(max_epochs: int, n_label_steps: int) -> np.ndarray:
@@ -221,12 +254,12 @@ def estimated_cluster_weights(
 ) -> np.ndarray:
     """Cluster sizes that the embedding supports, for labels of shape ``(n_samples,)`` or
     ``(n_heads, n_samples)``: the shares after a majority vote of each row's nearest
-    neighbours (``neighbour_vote_shares``, neighbours searched at ``dtype``), each raised to
-    at least half the equal share before they are normalised again, so that no cluster can
-    be voted away (a raised share ends a little below half the equal share).
+    neighbours (``neighbour_vote_shares``, neighbours searched at ``dtype``), none below
+    ``_MIN_ESTIMATED_SHARE`` times the equal share (the others make room for a raised one),
+    so that no cluster can be voted away.
     """
     return neighbour_vote_shares(
-        embedding, labels, n_clusters, min_share=0.5 / n_clusters, dtype=dtype
+        embedding, labels, n_clusters, min_share=_MIN_ESTIMATED_SHARE / n_clusters, dtype=dtype
     )
 
 

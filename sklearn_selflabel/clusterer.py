@@ -107,8 +107,9 @@ class SelfLabelingClusterer(
         nearest-neighbour links (``propagation.neighbour_link_partition``; not for sparse
         rows, which keep their labels), and the later steps and the last one aim at the
         sizes that a vote of each row's 10 nearest neighbours in the embedding supports (at
-        least half the equal share each). Offline mode only; a ``partial_fit`` chunk is
-        labelled with equal sizes, its last step with estimated ones.
+        least half the equal share each, in the last step's hard labels too). Offline mode
+        only; a ``partial_fit`` chunk is labelled with equal sizes, its last step with
+        estimated ones.
         With fewer than 20 rows per cluster on average, the label steps aim at equal sizes.
         A fit from a clustering of the rows (``init="mixture"`` or ``"layout"``) aims at
         estimated sizes from its first label step on, without the re-partition.

@@ -229,7 +229,8 @@ def neighbour_vote_shares(
         Above this many rows, the vote runs on evenly spaced rows only (the shares are
         ``n_clusters`` numbers; the neighbour search grows with the square of the rows).
     min_share : float
-        Shares below this are raised to it before the shares are normalised again.
+        Floor on each share, at most ``1 / n_clusters``: shares below it are raised to it
+        and the others scaled down together to make room.
     dtype : torch.dtype, default=torch.float32
         Precision of the neighbour search (``nearest_neighbors``).
 
@@ -253,9 +254,22 @@ def neighbour_vote_shares(
         sizes = torch.bincount(head_labels, minlength=n_clusters).clamp(min=1)
         votes = (counts / sizes).argmax(dim=1)
         shares[head] = torch.bincount(votes, minlength=n_clusters).double().cpu().numpy()
-    shares = np.maximum(shares / shares.sum(axis=1, keepdims=True), min_share)
-    shares /= shares.sum(axis=1, keepdims=True)
+    shares = np.stack([_floored(row / row.sum(), min_share) for row in shares])
     return shares.reshape(labels.shape[:-1] + (n_clusters,))
+
+
+def _floored(shares: np.ndarray, floor: float) -> np.ndarray:
+    """``shares`` (summing to one) with every share at least ``floor``: shares below it are set
+    to it, and the others scaled down together to make room (water-filling), so a raised
+    share is the floor exactly, and a share that scaling would take below it is raised too.
+    """
+    raised = shares < floor
+    while True:
+        scale = (1.0 - floor * raised.sum()) / shares[~raised].sum()
+        newly = ~raised & (shares * scale < floor)
+        if not newly.any():
+            return np.where(raised, floor, shares * scale)
+        raised |= newly
 
 
 class InvariancePropagation:

@@ -12,6 +12,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from sklearn_selflabel.propagation import (
     InvariancePropagation,
+    _floored,
     _merge_densest_links,
     _merged_with_a_floor,
     hardest_positives,
@@ -149,12 +150,21 @@ def test_neighbour_vote_per_head_matches_one_vote_per_head_and_floors_small_shar
     for head, shares in zip(heads, together, strict=True):
         np.testing.assert_array_equal(shares, neighbour_vote_shares(features, head, n_clusters=5))
     # Two rows, each the other's only neighbour, in clusters 0 and 2 of four: the empty
-    # clusters 1 and 3 are raised to the floor, and the shares normalised again.
+    # clusters 1 and 3 are raised to the floor exactly, and the others make room.
     pair = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
     floored = neighbour_vote_shares(
         pair, torch.tensor([0, 2]), n_clusters=4, n_neighbors=1, min_share=0.125
     )
-    np.testing.assert_allclose(floored, np.array([0.5, 0.125, 0.5, 0.125]) / 1.25)
+    np.testing.assert_allclose(floored, [0.375, 0.125, 0.375, 0.125])
+
+
+def test_floored_shares_end_at_the_floor_when_making_room_pushes_another_below_it():
+    # Raising 0.04 and 0 to 0.2 scales the rest by 0.6 / 0.96, which takes 0.26 below the
+    # floor too; it is raised in turn, and 0.7 alone makes room for all three.
+    floored = _floored(np.array([0.7, 0.26, 0.04, 0.0]), 0.2)
+    np.testing.assert_allclose(floored, [0.4, 0.2, 0.2, 0.2])
+    untouched = np.array([0.4, 0.35, 0.25])
+    np.testing.assert_allclose(_floored(untouched, 0.25), untouched)
 
 
 def test_neighbour_vote_does_not_let_a_large_cluster_swallow_a_small_one():
