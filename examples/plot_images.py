@@ -8,7 +8,7 @@ shifted, rotated and scaled views of the images, so that the clusters do not dep
 small changes. This example uses USPS handwritten digits (16 x 16 pixels) when the project's
 shared data are present (``../shared/data/usps.npz`` beside the repository), else
 scikit-learn's 8 x 8 digits, with the defaults, on a subset of 5000 images to keep it
-quick (the full USPS set clusters at ACC 0.987, ``benchmarks/quality.py``).
+quick (the full USPS set clusters at ACC 0.986, ``benchmarks/quality.py``).
 
 The montage shows, for every cluster, the images the model is surest of. The digit classes
 are used only to score.
