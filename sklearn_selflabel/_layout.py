@@ -103,12 +103,38 @@ def layout_labels(
     labels : ndarray of shape (n_samples,), int64
     """
     rng = np.random.default_rng(seed)
+    graph = neighbour_graph(
+        X,
+        max(n_clusters, _MIN_CODES),
+        rng,
+        standardise=standardise,
+        metric=metric,
+        device=device,
+        fast_dtype=fast_dtype,
+    )
+    layout = neighbour_layout(graph, max(n_clusters, 2), seed=int(rng.integers(2**31)))
+    return consensus_mixture(layout, n_clusters, seed=int(rng.integers(2**31)))
+
+
+def neighbour_graph(
+    X,
+    n_codes: int,
+    rng: np.random.Generator,
+    *,
+    standardise: Callable[[torch.Tensor], torch.Tensor],
+    metric: str,
+    device: torch.device,
+    fast_dtype: torch.dtype = torch.float32,
+) -> sp.csr_matrix:
+    """The fuzzy intersection of the neighbour graphs of the autoencoder's codes (``n_codes``
+    of them; the autoencoder's weights and batches seeded from ``rng``) and of the input rows
+    (in ``metric``), as in ``layout_labels``."""
     n_neighbors = min(_N_NEIGHBORS, X.shape[0] - 1)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(rng.integers(2**31)))  # the autoencoder's weights
         codes = autoencoder_codes(
             X,
-            max(n_clusters, _MIN_CODES),
+            n_codes,
             standardise=standardise,
             generator=torch.Generator().manual_seed(int(rng.integers(2**31))),
             device=device,
@@ -122,11 +148,7 @@ def layout_labels(
             *nearest_neighbors(rows, n_neighbors, metric=metric, return_distance=True)
         )
     )
-    del rows
-    layout = neighbour_layout(
-        sp.csr_matrix(graph), max(n_clusters, 2), seed=int(rng.integers(2**31))
-    )
-    return consensus_mixture(layout, n_clusters, seed=int(rng.integers(2**31)))
+    return sp.csr_matrix(graph)
 
 
 def autoencoder_codes(
@@ -220,29 +242,37 @@ def fuzzy_neighbour_graph(neighbors: torch.Tensor, distances: torch.Tensor) -> s
     return sp.csr_matrix(directed + directed.T - directed.multiply(directed.T))
 
 
-def neighbour_layout(graph: sp.csr_matrix, n_components: int, *, seed: int) -> np.ndarray:
+def neighbour_layout(
+    graph: sp.csr_matrix,
+    n_components: int,
+    *,
+    seed: int,
+    n_epochs: int = _LAYOUT_EPOCHS,
+    n_rounds: int = _LAYOUT_ROUNDS,
+) -> np.ndarray:
     """UMAP's layout of a fuzzy graph in ``n_components`` dimensions, float32.
 
     Starts from the graph's spectral embedding (a random one if that does not converge), then
-    runs ``_LAYOUT_EPOCHS`` epochs in which each link is taken with a probability that its
+    runs ``n_epochs`` epochs in which each link is taken with a probability that its
     membership sets, pulls its two rows together, and pushes the first away from
-    ``_NEGATIVES`` random rows; the step size falls linearly to 0.
+    ``_NEGATIVES`` random rows; the step size falls linearly to 0. An epoch moves the rows
+    in ``n_rounds`` rounds, each of a share of the links.
     """
     generator = torch.Generator().manual_seed(seed)
     graph = sp.coo_matrix(graph)
     # UMAP drops the links too weak to be sampled once over all epochs.
-    keep = graph.data >= graph.data.max() / _LAYOUT_EPOCHS if graph.nnz else graph.data > 0
+    keep = graph.data >= graph.data.max() / n_epochs if graph.nnz else graph.data > 0
     heads = torch.from_numpy(graph.row[keep].astype(np.int64))
     tails = torch.from_numpy(graph.col[keep].astype(np.int64))
     probabilities = torch.from_numpy(graph.data[keep] / graph.data.max()).float()
     positions = torch.from_numpy(_spectral_start(graph, n_components, seed))
     n_samples = positions.shape[0]
     a, b = _KERNEL_A, _KERNEL_B
-    for epoch in range(_LAYOUT_EPOCHS):
-        step_size = 1.0 - epoch / _LAYOUT_EPOCHS
+    for epoch in range(n_epochs):
+        step_size = 1.0 - epoch / n_epochs
         taken = torch.rand(len(probabilities), generator=generator) < probabilities
         links = torch.randperm(int(taken.sum()), generator=generator)
-        for part in links.chunk(_LAYOUT_ROUNDS):
+        for part in links.chunk(n_rounds):
             head, tail = heads[taken][part], tails[taken][part]
             update = torch.zeros_like(positions)
             difference = positions[head] - positions[tail]
