@@ -7,6 +7,7 @@ ORDER = (
     "plot_embedding.py",
     "plot_pipeline.py",
     "plot_grid_search.py",
+    "plot_n_clusters.py",
     "plot_images.py",
     "plot_text.py",
     "plot_custom_module.py",

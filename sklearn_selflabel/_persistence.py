@@ -34,7 +34,7 @@ _KIND = "model"
 # Fitted attributes that every fitted model has, and those that only some have.
 _FITTED = ("labels_", "best_head_", "head_losses_", "logit_offsets_", "embedding_dim_")
 _FITTED += ("device_", "n_iter_", "n_features_in_")
-_OPTIONAL_FITTED = ("init_scores_", "feature_names_in_")
+_OPTIONAL_FITTED = ("init_scores_", "feature_names_in_", "n_clusters_curve_")
 _LABEL_MODES = {"offline": OfflineLabels, "online": OnlineLabels}
 
 
@@ -125,7 +125,8 @@ def load(
         raise ArchiveError(f"{path}: is not a valid model file ({exc})") from None
     if "feature_names_in_" in fitted:
         fitted["feature_names_in_"] = np.asarray(fitted["feature_names_in_"], dtype=object)
-    vars(estimator).update(fitted, net_=net, device_=str(target))
+    n_clusters = len(fitted["logit_offsets_"])
+    vars(estimator).update(fitted, net_=net, device_=str(target), n_clusters_=n_clusters)
     return estimator
 
 

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.utils import check_random_state
 
+from ._cluster_count import ClusterCount, estimate_n_clusters, max_clusters_for
 from ._data import count_distinct_rows
 from ._geometry import METRIC, detect_kind
 from ._label_mode import LabelMode
@@ -155,12 +156,59 @@ class Settings:
         }
 
 
+def estimated_cluster_count(estimator, X) -> ClusterCount | None:
+    """With ``n_clusters="auto"``, the number of clusters in the rows ``X`` of a ``fit`` and
+    its curve (``_cluster_count``); None when ``n_clusters`` is a number.
+
+    Raises
+    ------
+    ValueError
+        When the fit cannot estimate it: online mode, an accelerator.
+    """
+    est = estimator
+    if est.n_clusters != "auto":
+        return None
+    if est.label_mode == "online":
+        raise ValueError(
+            "n_clusters='auto' needs label_mode='offline': the estimate looks at all rows "
+            "before training. Give n_clusters a number for online mode."
+        )
+    if est.accelerator is not None:
+        raise ValueError(
+            "n_clusters='auto' cannot be combined with an accelerator: processes that see "
+            "their own share of the rows could estimate different numbers. Give n_clusters "
+            "a number."
+        )
+    image_shape = _checked_image_shape(est.image_shape, X.shape[1])
+    kind = "image"
+    if image_shape is None:
+        kind = detect_kind(X) if est.input_kind == "auto" else est.input_kind
+    device = resolve_device(est.device)
+    # A seed of its own, so that the fit draws what a fit with the estimated number would.
+    seed = int(np.random.default_rng([_seed_from(est.random_state), 1]).integers(2**31))
+    return estimate_n_clusters(
+        X,
+        kind=kind,
+        image_shape=image_shape,
+        max_clusters=max_clusters_for(X.shape[0], est.max_clusters),
+        seed=seed,
+        device=device,
+        fast_dtype=torch.bfloat16 if native_bfloat16(device) else torch.float32,
+    )
+
+
 def resolve_settings(
-    estimator, X, *, chunk: bool = False, trained_on: str | None = None
+    estimator,
+    X,
+    *,
+    n_clusters: int | None = None,
+    chunk: bool = False,
+    trained_on: str | None = None,
 ) -> Settings:
     """The ``Settings`` of ``estimator.fit(X)``, or with ``chunk`` of ``partial_fit(X)``.
 
-    ``trained_on`` is the device of the network that a ``partial_fit`` call continues.
+    ``n_clusters`` is the number that ``n_clusters="auto"`` estimated (None: the estimator's
+    own). ``trained_on`` is the device of the network that a ``partial_fit`` call continues.
 
     Raises
     ------
@@ -170,13 +218,20 @@ def resolve_settings(
     """
     est = estimator
     n_samples, n_features = X.shape
-    if est.n_clusters > n_samples:
-        raise ValueError(f"n_samples={n_samples} should be >= n_clusters={est.n_clusters}.")
-    n_distinct = count_distinct_rows(X, at_least=est.n_clusters)
-    if n_distinct < est.n_clusters:
+    if n_clusters is None:
+        if est.n_clusters == "auto":
+            raise ValueError(
+                "n_clusters='auto' is estimated by fit; partial_fit needs a number. Fit "
+                "first, or give n_clusters the number of clusters."
+            )
+        n_clusters = est.n_clusters
+    if n_clusters > n_samples:
+        raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
+    n_distinct = count_distinct_rows(X, at_least=n_clusters)
+    if n_distinct < n_clusters:
         raise ValueError(
             f"X holds only {n_distinct} distinct row(s), fewer than n_clusters="
-            f"{est.n_clusters}: no clustering can put them in {est.n_clusters} clusters."
+            f"{n_clusters}: no clustering can put them in {n_clusters} clusters."
         )
     if chunk and est.accelerator is not None:
         raise ValueError("partial_fit does not support an accelerator; use fit.")
@@ -208,7 +263,7 @@ def resolve_settings(
     labels: LabelMode
     if online:
         labels = OnlineLabels(
-            n_clusters=est.n_clusters,
+            n_clusters=n_clusters,
             n_heads=est.n_heads,
             queue_size=est.queue_size,
             lamb=est.sinkhorn_lambda,
@@ -216,7 +271,7 @@ def resolve_settings(
         )
     else:
         labels = OfflineLabels(
-            n_clusters=est.n_clusters,
+            n_clusters=n_clusters,
             n_heads=est.n_heads,
             lamb=est.sinkhorn_lambda,
             tol=est.sinkhorn_tol,
@@ -224,7 +279,7 @@ def resolve_settings(
             n_label_steps=est.n_label_steps,
             # The neighbour vote that estimates sizes needs clusters larger than its voters.
             cluster_sizes="equal"
-            if n_samples < _MIN_ROWS_TO_ESTIMATE_SIZES * est.n_clusters
+            if n_samples < _MIN_ROWS_TO_ESTIMATE_SIZES * n_clusters
             else est.cluster_sizes,
             batch_size=batch_size,
             initial_labels=init,
@@ -235,7 +290,7 @@ def resolve_settings(
             repartition=init == "random" and kind != "sparse",
         )
     network = NetworkSettings(
-        n_clusters=est.n_clusters,
+        n_clusters=n_clusters,
         n_heads=est.n_heads,
         hidden_layer_sizes=_checked_hidden_layer_sizes(est.hidden_layer_sizes),
         embedding_dim=est.embedding_dim,

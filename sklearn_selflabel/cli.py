@@ -117,7 +117,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "data", type=Path, metavar="DATA", help="data file (.csv, .npy, .npz, .parquet)"
     )
     fit.add_argument(
-        "--n-clusters", type=_positive_int, required=True, metavar="K", help="number of clusters"
+        "--n-clusters",
+        type=_n_clusters,
+        required=True,
+        metavar="K",
+        help="number of clusters, or 'auto' to estimate it",
     )
     fit.add_argument(
         "--image-shape",
@@ -252,6 +256,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _n_clusters(text: str) -> int | str:
+    return text if text == "auto" else _positive_int(text)
+
+
 def _column_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
     if not all(names):
@@ -288,9 +296,9 @@ def _run_fit(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise CLIError(f"{args.save}: cannot write: {exc.strerror or exc}") from None
     if not args.quiet:
-        sizes = np.bincount(model.labels_, minlength=model.n_clusters)
+        sizes = np.bincount(model.labels_, minlength=model.n_clusters_)
         print(
-            f"{PROG}: {X.shape[0]} rows in {model.n_clusters} clusters of sizes "
+            f"{PROG}: {X.shape[0]} rows in {model.n_clusters_} clusters of sizes "
             f"{sizes.min()} to {sizes.max()}; labels written to {args.output or 'stdout'}"
             + (f", model saved to {args.save}" if args.save is not None else ""),
             file=sys.stderr,

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from numbers import Integral, Real
+from typing import Literal
 
 import numpy as np
 from sklearn.base import (
@@ -32,7 +33,7 @@ from ._dask import is_dask_array, map_row_blocks
 from ._data import check_rows
 from ._inference import METHODS, information_score, method_outputs
 from ._persistence import save_model
-from ._settings import resolve_settings
+from ._settings import estimated_cluster_count, resolve_settings
 from ._training import FittedModel, Interruption, fit_initialisations, train_chunk
 
 
@@ -62,8 +63,15 @@ class SelfLabelingClusterer(
 
     Parameters
     ----------
-    n_clusters : int, default=8
-        Number of clusters ``K``.
+    n_clusters : int or "auto", default=8
+        Number of clusters ``K``. ``"auto"``: estimated by ``fit`` before training, as the
+        number of dense groups that HDBSCAN finds in a neighbour layout of the rows, each of
+        at least 1% of the rows and half its equal share (the user guide's "Choosing the
+        number of clusters"); the fit then runs with that number (``n_clusters_``) as a fit
+        given it would. Offline ``fit`` only, not with ``accelerator``.
+    max_clusters : int or None, default=None
+        With ``n_clusters="auto"``, the largest number the estimate may give; None: half the
+        number of rows. Ignored otherwise.
     n_heads : int, default=8
         Number of classifier heads, each with its own labels. ``predict`` uses the head with
         the lowest training loss (``best_head_``).
@@ -254,6 +262,13 @@ class SelfLabelingClusterer(
     ----------
     labels_ : ndarray of shape (n_samples,), dtype int64
         Cluster of each training sample, as ``predict`` gives it.
+    n_clusters_ : int
+        Number of clusters of the fitted model: ``n_clusters``, or its estimate.
+    n_clusters_curve_ : dict or None
+        With ``n_clusters="auto"``, the estimate's curve: ``"min_cluster_size"`` (ndarray of
+        the minimum cluster sizes, in rows, that HDBSCAN was run with), ``"n_clusters"`` (the
+        clusters counted at each) and ``"selected"`` (the index of the size that gives
+        ``n_clusters_``); ``plotting.plot_cluster_count`` draws it. None otherwise.
     net_ : SelfLabelNet
         The fitted skorch network, with its ``history``.
     best_head_ : int
@@ -306,6 +321,8 @@ class SelfLabelingClusterer(
        ICPR 2020.
     .. [5] L. McInnes, J. Healy and J. Melville. "UMAP: Uniform manifold approximation and
        projection for dimension reduction". arXiv:1802.03426, 2018.
+    .. [6] R. J. G. B. Campello, D. Moulavi and J. Sander. "Density-based clustering based on
+       hierarchical density estimates". PAKDD 2013.
 
     Examples
     --------
@@ -322,7 +339,8 @@ class SelfLabelingClusterer(
     """
 
     _parameter_constraints: dict = {
-        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "n_clusters": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "max_clusters": [Interval(Integral, 2, None, closed="left"), None],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "hidden_layer_sizes": ["array-like"],
         "embedding_dim": [Interval(Integral, 1, None, closed="left")],
@@ -363,8 +381,9 @@ class SelfLabelingClusterer(
 
     def __init__(
         self,
-        n_clusters: int = 8,
+        n_clusters: int | Literal["auto"] = 8,
         *,
+        max_clusters: int | None = None,
         n_heads: int = 8,
         hidden_layer_sizes: tuple[int, ...] = (512, 256),
         embedding_dim: int = 64,
@@ -403,6 +422,7 @@ class SelfLabelingClusterer(
         on_interrupt: str = "restore",
     ) -> None:
         self.n_clusters = n_clusters
+        self.max_clusters = max_clusters
         self.n_heads = n_heads
         self.hidden_layer_sizes = hidden_layer_sizes
         self.embedding_dim = embedding_dim
@@ -462,17 +482,20 @@ class SelfLabelingClusterer(
         """
         with self._unchanged_on_failure():
             X = self._check_rows(X, reset=True, ensure_min_samples=2)
-            result = fit_initialisations(resolve_settings(self, X), X)
+            count = estimated_cluster_count(self, X)
+            n_clusters = self.n_clusters if count is None else count.n_clusters
+            result = fit_initialisations(resolve_settings(self, X, n_clusters=n_clusters), X)
             self._set_fitted(result.model)
             self.init_scores_ = result.init_scores
+            self.n_clusters_curve_ = None if count is None else count.as_dict()
         if result.interruption is not None:
             _warn_interrupted(result.interruption)
-        n_empty = self.n_clusters - len(np.unique(self.labels_))
+        n_empty = self.n_clusters_ - len(np.unique(self.labels_))
         if n_empty:
             warnings.warn(
-                f"{n_empty} of the n_clusters={self.n_clusters} clusters hold no training row: "
-                "the data do not support that many clusters (there are "
-                f"{len(self.labels_) / self.n_clusters:.1f} rows per cluster).",
+                f"{n_empty} of the n_clusters={self.n_clusters_} clusters hold no training "
+                "row: the data do not support that many clusters (there are "
+                f"{len(self.labels_) / self.n_clusters_:.1f} rows per cluster).",
                 ConvergenceWarning,
                 stacklevel=_stack_level_outside(("sklearn_selflabel.", "sklearn.")),
             )
@@ -525,6 +548,7 @@ class SelfLabelingClusterer(
 
     def _set_fitted(self, model: FittedModel) -> None:
         vars(self).update(model.attributes())
+        self.n_clusters_ = len(self.logit_offsets_)
 
     def _check_rows(self, X, *, reset: bool, ensure_min_samples: int = 1):
         return check_rows(self, X, reset=reset, ensure_min_samples=ensure_min_samples)
@@ -571,7 +595,8 @@ class SelfLabelingClusterer(
             network's probabilities reweighted by the cluster prior that balances the
             training rows.
         """
-        return self._infer(X, "predict_proba", self.n_clusters)
+        check_is_fitted(self)
+        return self._infer(X, "predict_proba", self.n_clusters_)
 
     def transform(self, X) -> np.ndarray:
         """The learned embedding ``Φ(X)``.

@@ -1,4 +1,5 @@
-"""Plots of a fitted ``SelfLabelingClusterer``: training, cluster sizes, embedding, confusion.
+"""Plots of a fitted ``SelfLabelingClusterer``: training, cluster sizes, the estimate of their
+number, embedding, confusion.
 
 matplotlib is optional: it is imported when a function is called, and a missing install raises
 an ``ImportError`` that says how to get it. Every function draws into the given ``ax`` or, when
@@ -22,7 +23,13 @@ from .clusterer import SelfLabelingClusterer
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["plot_cluster_sizes", "plot_confusion", "plot_embedding", "plot_training_curves"]
+__all__ = [
+    "plot_cluster_count",
+    "plot_cluster_sizes",
+    "plot_confusion",
+    "plot_embedding",
+    "plot_training_curves",
+]
 
 # Cells of a confusion matrix up to this many rows and columns get their count written in.
 _MAX_ANNOTATED = 20
@@ -76,7 +83,7 @@ def plot_training_curves(
 
     axes[2].plot(epochs, history[:, "min_cluster_size"], label="smallest cluster")
     axes[2].plot(epochs, history[:, "max_cluster_size"], label="largest cluster")
-    equal_share = len(model.labels_) / model.n_clusters
+    equal_share = len(model.labels_) / model.n_clusters_
     axes[2].axhline(equal_share, color="grey", linestyle="--", label="equal share N / K")
     axes[2].set_ylabel("samples")
     axes[2].set_xlabel("epoch")
@@ -115,14 +122,71 @@ def plot_cluster_sizes(
     from matplotlib.ticker import MaxNLocator
 
     labels = model.labels_ if X is None else model.predict(X)
-    sizes = np.bincount(labels, minlength=model.n_clusters)
-    clusters = np.arange(model.n_clusters)
-    ax.bar(clusters, sizes, color=_palette(model.n_clusters))
-    ax.axhline(labels.size / model.n_clusters, color="grey", linestyle="--", label="N / K")
+    sizes = np.bincount(labels, minlength=model.n_clusters_)
+    clusters = np.arange(model.n_clusters_)
+    ax.bar(clusters, sizes, color=_palette(model.n_clusters_))
+    ax.axhline(labels.size / model.n_clusters_, color="grey", linestyle="--", label="N / K")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("cluster")
     ax.set_ylabel("samples")
     ax.set_title("Cluster sizes")
+    ax.legend()
+    return ax
+
+
+def plot_cluster_count(model: SelfLabelingClusterer, ax: Axes | None = None) -> Axes:
+    """Plot the curve of ``n_clusters="auto"``: clusters found against minimum cluster size.
+
+    Parameters
+    ----------
+    model : SelfLabelingClusterer
+        A model fitted with ``n_clusters="auto"``; its ``n_clusters_curve_`` is plotted.
+    ax : matplotlib Axes or None, default=None
+        Where to draw; None creates a figure.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        The number of clusters that HDBSCAN finds in the neighbour layout at each minimum
+        cluster size (log scale), the size that the estimate uses marked, and the fitted
+        ``n_clusters_`` as a dashed line. A flat curve is a firm estimate; a falling one says
+        that the number of clusters depends on the resolution asked for.
+
+    Raises
+    ------
+    NotFittedError
+        If ``model`` is not fitted.
+    ValueError
+        If ``model`` was fitted with a number of clusters rather than ``"auto"``.
+    """
+    check_is_fitted(model)
+    curve = model.n_clusters_curve_
+    if curve is None:
+        raise ValueError(
+            f"This model was fitted with n_clusters={model.n_clusters}: it has no estimate to "
+            "plot. Fit it with n_clusters='auto'."
+        )
+    ax = _axes(ax)
+    from matplotlib.ticker import MaxNLocator
+
+    sizes, counts, selected = curve["min_cluster_size"], curve["n_clusters"], curve["selected"]
+    ax.plot(sizes, counts, marker="o", color="C0", label="clusters found")
+    ax.plot(
+        sizes[selected],
+        counts[selected],
+        marker="o",
+        markersize=12,
+        fillstyle="none",
+        color="C3",
+        linestyle="none",
+        label="the estimate's size",
+    )
+    ax.axhline(model.n_clusters_, color="grey", linestyle="--", label="n_clusters_")
+    ax.set_xscale("log")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("minimum cluster size (rows)")
+    ax.set_ylabel("clusters")
+    ax.set_title("Number of clusters")
     ax.legend()
     return ax
 
@@ -172,7 +236,7 @@ def plot_embedding(
     embedding = model.transform(X)
     if labels is None:
         labels = model.predict(X)
-        values = np.arange(model.n_clusters)
+        values = np.arange(model.n_clusters_)
     else:
         labels = np.asarray(labels)
         if labels.shape != (len(embedding),):
@@ -251,11 +315,11 @@ def plot_confusion(
         )
     classes, class_index = np.unique(y_true, return_inverse=True)
     # Counted over all n_clusters, so that empty clusters show as columns of zeros.
-    table = np.zeros((classes.size, model.n_clusters), dtype=np.int64)
+    table = np.zeros((classes.size, model.n_clusters_), dtype=np.int64)
     np.add.at(table, (class_index, clusters), 1)
     rows, cols = linear_sum_assignment(table, maximize=True)
     row_order = np.concatenate([rows, np.setdiff1d(np.arange(classes.size), rows)])
-    col_order = np.concatenate([cols, np.setdiff1d(np.arange(model.n_clusters), cols)])
+    col_order = np.concatenate([cols, np.setdiff1d(np.arange(model.n_clusters_), cols)])
     table = table[np.ix_(row_order, col_order)]
     accuracy = np.trace(table) / y_true.size
 

@@ -85,6 +85,15 @@ def test_quiet_fit_prints_nothing_on_stderr(fitted, tmp_path, capsys):
     assert capsys.readouterr() == ("", "")
 
 
+def test_fit_estimates_the_number_of_clusters_when_asked(tmp_path, capsys):
+    X, _ = make_blobs(n_samples=400, centers=4, n_features=N_FEATURES, random_state=0)
+    data = write_csv(tmp_path / "data.csv", X, ["a", "b", "c", "d"])
+    argv = ["fit", str(data), "--n-clusters", "auto", *TINY, "-o", str(tmp_path / "labels.csv")]
+    assert main(argv) == 0
+    assert "400 rows in 4 clusters" in capsys.readouterr().err
+    assert set(read_labels(tmp_path / "labels.csv").tolist()) == {0, 1, 2, 3}
+
+
 @pytest.mark.parametrize("fmt", ["csv", "npy", "npz", "npz-only-array", "parquet"])
 def test_predict_with_saved_model_matches_fit_labels(fitted, tmp_path, fmt):
     X = fitted.X

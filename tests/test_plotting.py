@@ -10,6 +10,7 @@ from sklearn.exceptions import NotFittedError
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy
 from sklearn_selflabel.plotting import (
+    plot_cluster_count,
     plot_cluster_sizes,
     plot_confusion,
     plot_embedding,
@@ -96,6 +97,26 @@ def test_cluster_sizes_one_bar_per_cluster(model, blobs):
     np.testing.assert_array_equal(heights, np.bincount(model.predict(X_new), minlength=N_CLUSTERS))
 
 
+def test_cluster_count_draws_the_estimate_curve():
+    X, _ = make_blobs(n_samples=1600, centers=4, n_features=6, random_state=0)
+    model = SelfLabelingClusterer("auto", n_heads=2, max_epochs=2, random_state=0).fit(X)
+    curve = model.n_clusters_curve_
+    ax = plot_cluster_count(model)
+    counts, selected = ax.lines[0], ax.lines[1]
+    np.testing.assert_array_equal(counts.get_xdata(), curve["min_cluster_size"])
+    np.testing.assert_array_equal(counts.get_ydata(), curve["n_clusters"])
+    assert len(curve["min_cluster_size"]) == 4  # 1,600 rows: 15, 16, 32 and 64
+    chosen = curve["selected"]
+    assert selected.get_xdata()[0] == curve["min_cluster_size"][chosen]
+    assert ax.lines[2].get_ydata()[0] == model.n_clusters_ == 4
+    assert ax.get_xscale() == "log"
+
+
+def test_cluster_count_needs_a_model_fitted_with_auto(model):
+    with pytest.raises(ValueError, match="n_clusters='auto'"):
+        plot_cluster_count(model)
+
+
 def test_embedding_scatters_the_pca_of_transform_by_cluster(model, blobs):
     X = blobs[0]
     ax = plot_embedding(model, X)
@@ -157,10 +178,11 @@ def test_confusion_with_more_classes_than_clusters_on_new_data(model, blobs):
     [
         plot_training_curves,
         plot_cluster_sizes,
+        plot_cluster_count,
         lambda model: plot_embedding(model, np.ones((4, 4))),
         lambda model: plot_confusion(model, y_true=[0, 1]),
     ],
-    ids=["training_curves", "cluster_sizes", "embedding", "confusion"],
+    ids=["training_curves", "cluster_sizes", "cluster_count", "embedding", "confusion"],
 )
 def test_unfitted_model_raises_not_fitted(plot):
     with pytest.raises(NotFittedError):
