@@ -170,3 +170,22 @@ def test_sparse_scale_data_are_unit_rows_of_the_asked_density(tmp_path):
     assert 0.009 < X.nnz / (2000 * 5000) <= 0.01  # 50 terms a row, a few drawn twice
     np.testing.assert_allclose(sp.linalg.norm(X, axis=1), 1.0, rtol=1e-5)
     assert set(np.unique(y)) == set(range(bench_sparse.N_TOPICS))
+
+
+def test_n_clusters_table_marks_the_estimate_and_counts_hits():
+    n_clusters = load_script("n_clusters")
+    X, y, shape = n_clusters.data("blobs12", Path("unused"))
+    assert X.shape == (1500, 16) and len(np.unique(y)) == 12 and shape is None
+    record = dict(
+        data="iris", seed=0, n_samples=150, true_k=3, estimated_k=2,
+        auto_acc=0.6, true_acc=0.9, auto_nmi=0.7, true_nmi=0.875,
+        auto_seconds=1.2, true_seconds=1.0, hdbscan_k=2, hdbscan_nmi=0.5,
+        curve=dict(min_cluster_size=[15, 30], n_clusters=[2, 1], selected=0),
+    )  # fmt: skip
+    exact = {**record, "data": "wine", "estimated_k": 3}
+    table = n_clusters.table([record, exact])
+    iris = next(line for line in table.splitlines() if line.startswith("| iris"))
+    cells = table_cells(iris)
+    assert cells[3] == "2" and cells[8] == "0.80" and cells[11] == "1.20"
+    assert cells[-1] == "**2@15** 1@30"
+    assert "Exact K on 1 of 2 runs; within 25% on 1 of 2." in table
