@@ -9,9 +9,12 @@ minimum cluster size as the estimate, its K and NMI (noise counted as one more c
     python benchmarks/n_clusters.py --data-dir ../shared/data
 
 appends one JSON record per (set, seed) to ``benchmarks/results/n_clusters.jsonl`` (a set
-already recorded for a seed is skipped) and writes the table ``benchmarks/results/n_clusters.md``
-from all records. Fits run one set per process, ``--jobs`` at a time, each with one torch
-thread, so that the two fits of a set are timed alike.
+already recorded for a seed is skipped) and writes the table
+``benchmarks/results/n_clusters.md`` from all records. Fits run one set per process,
+``--jobs`` at a time, each with one torch thread, so that the two fits of a set are timed
+alike. With ``--no-groups`` it prints instead the estimate on data without groups (1,000 rows
+of a 5-dimensional Gaussian and of a uniform cube, random states 0 to 2), where the right
+answer is the least the estimate gives, 2.
 """
 
 from __future__ import annotations
@@ -96,6 +99,36 @@ def run(name: str, seed: int, data_dir: Path) -> dict:
     return record
 
 
+def no_groups(results: Path) -> None:
+    """The estimate on data without groups: printed, and written to
+    ``n_clusters_no_groups.md``."""
+    rng = np.random.default_rng(0)
+    sets = {
+        "Gaussian, 1000 x 5": rng.normal(size=(1000, 5)),
+        "uniform cube, 1000 x 5": rng.random((1000, 5)),
+    }
+    lines = [
+        '# `n_clusters="auto"` on data without groups',
+        "",
+        "`python benchmarks/n_clusters.py --no-groups`: the least estimate, 2, is the right one.",
+        "",
+        "| data | random_state | n_clusters_ | curve |",
+        "|---|---:|---:|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for name, X in sets.items():
+        for seed in range(3):
+            model = SelfLabelingClusterer("auto", max_epochs=1, random_state=seed).fit(X)
+            curve = model.n_clusters_curve_
+            points = " ".join(
+                f"{k}@{m}"
+                for m, k in zip(curve["min_cluster_size"], curve["n_clusters"], strict=True)
+            )
+            lines.append(f"| {name} | {seed} | {model.n_clusters_} | {points} |")
+            print(lines[-1], flush=True)
+    (results / "n_clusters_no_groups.md").write_text("\n".join(lines) + "\n")
+
+
 def table(records: list[dict]) -> str:
     lines = [
         '# `n_clusters="auto"`',
@@ -145,7 +178,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--no-groups", action="store_true", help="data without groups only")
     args = parser.parse_args()
+    if args.no_groups:
+        args.results.mkdir(parents=True, exist_ok=True)
+        no_groups(args.results)
+        return
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / "n_clusters.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
