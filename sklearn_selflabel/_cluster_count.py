@@ -35,15 +35,8 @@ from sklearn.cluster import HDBSCAN
 
 from ._data import chunked_rows
 from ._geometry import METRIC, input_scaling
-from ._layout import (
-    _MIN_CODES,
-    _N_NEIGHBORS,
-    fuzzy_neighbour_graph,
-    neighbour_graph,
-    neighbour_layout,
-)
+from ._layout import _MIN_CODES, _N_NEIGHBORS, knn_fuzzy_graph, neighbour_graph, neighbour_layout
 from ._offline import _MIN_ESTIMATED_SHARE
-from .propagation import nearest_neighbors
 
 # The layout's dimensions, and its epochs in one round each: UMAP's for large data sets. The
 # start's 500 epochs (in one round or four) changed the counts of iris, wine, blobs, digits
@@ -54,9 +47,6 @@ _LAYOUT_EPOCHS = 200
 # a smaller group is not a dense region of it).
 _MIN_CLUSTER_SHARE = 0.01
 _MIN_CLUSTER_ROWS = _N_NEIGHBORS
-# A cluster counts when it holds at least this share of the equal share: the floor that
-# estimated cluster sizes keep in the fit.
-_MIN_EQUAL_SHARE = _MIN_ESTIMATED_SHARE
 # The curve: the count at these shares (the estimate's among them).
 _CURVE_SHARES = (0.0025, 0.005, 0.01, 0.02, 0.04)
 # The estimate looks at most at this many rows (a seeded sample of them).
@@ -136,10 +126,7 @@ def estimate_n_clusters(
             if metric == "euclidean" and not normalise_rows:
                 rows = (rows - mean) / scale
             rows = torch.from_numpy(rows).to(device)
-        n_neighbors = min(_N_NEIGHBORS, n_samples - 1)
-        graph = fuzzy_neighbour_graph(
-            *nearest_neighbors(rows, n_neighbors, metric=metric, return_distance=True)
-        )
+        graph = knn_fuzzy_graph(rows, min(_N_NEIGHBORS, n_samples - 1), metric)
     layout = neighbour_layout(
         graph, _LAYOUT_DIMS, seed=int(rng.integers(2**31)), n_epochs=_LAYOUT_EPOCHS, n_rounds=1
     )
@@ -150,9 +137,11 @@ def density_count(layout: np.ndarray, max_clusters: int) -> ClusterCount:
     """HDBSCAN's number of clusters in ``layout`` at each minimum size of ``_CURVE_SHARES``;
     the estimate is the count at ``_MIN_CLUSTER_SHARE``, within ``[2, max_clusters]``."""
     n_samples = len(layout)
-    sizes = [max(_MIN_CLUSTER_ROWS, round(share * n_samples)) for share in _CURVE_SHARES]
-    sizes = np.unique(np.minimum(sizes, n_samples))
-    chosen = min(n_samples, max(_MIN_CLUSTER_ROWS, round(_MIN_CLUSTER_SHARE * n_samples)))
+    share_sizes = [
+        min(n_samples, max(_MIN_CLUSTER_ROWS, round(share * n_samples))) for share in _CURVE_SHARES
+    ]
+    sizes = np.unique(share_sizes)
+    chosen = share_sizes[_CURVE_SHARES.index(_MIN_CLUSTER_SHARE)]
     counts = np.array([_hdbscan_count(layout, int(size)) for size in sizes])
     selected = int(np.flatnonzero(sizes == chosen)[0])
     n_clusters = int(np.clip(counts[selected], 2, max_clusters))
@@ -160,18 +149,16 @@ def density_count(layout: np.ndarray, max_clusters: int) -> ClusterCount:
 
 
 def _hdbscan_count(layout: np.ndarray, min_cluster_size: int) -> int:
-    """HDBSCAN's clusters of ``layout`` that hold at least ``_MIN_EQUAL_SHARE`` of the
-    equal share of its clustered rows."""
-    if min_cluster_size < 2:
-        return 1
+    """HDBSCAN's clusters of ``layout`` that hold at least ``_MIN_ESTIMATED_SHARE`` of the
+    equal share of its clustered rows: the floor that estimated cluster sizes keep in the fit.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(layout)
-    sizes = np.bincount(labels[labels >= 0])
-    sizes = sizes[sizes > 0]
+    sizes = np.bincount(labels[labels >= 0])  # HDBSCAN numbers its clusters 0 .. k - 1
     if sizes.size == 0:
         return 0
-    return int((sizes >= _MIN_EQUAL_SHARE * sizes.sum() / sizes.size).sum())
+    return int((sizes >= _MIN_ESTIMATED_SHARE * sizes.sum() / sizes.size).sum())
 
 
 def max_clusters_for(n_samples: int, max_clusters: int | None) -> int:

@@ -141,12 +141,8 @@ def neighbour_graph(
             fast_dtype=fast_dtype,
         )
     rows = torch.from_numpy(np.vstack(list(chunked_rows(X)))).float().to(device)
-    graph = fuzzy_neighbour_graph(
-        *nearest_neighbors(codes, n_neighbors, metric="euclidean", return_distance=True)
-    ).multiply(
-        fuzzy_neighbour_graph(
-            *nearest_neighbors(rows, n_neighbors, metric=metric, return_distance=True)
-        )
+    graph = knn_fuzzy_graph(codes, n_neighbors, "euclidean").multiply(
+        knn_fuzzy_graph(rows, n_neighbors, metric)
     )
     return sp.csr_matrix(graph)
 
@@ -207,6 +203,14 @@ def _relu_stack(widths: tuple[int, ...]) -> nn.Sequential:
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def knn_fuzzy_graph(rows, n_neighbors: int, metric: str) -> sp.csr_matrix:
+    """``fuzzy_neighbour_graph`` of the ``n_neighbors`` nearest neighbours of each of
+    ``rows`` (a tensor, or a sparse matrix) in ``metric``."""
+    return fuzzy_neighbour_graph(
+        *nearest_neighbors(rows, n_neighbors, metric=metric, return_distance=True)
+    )
 
 
 def fuzzy_neighbour_graph(neighbors: torch.Tensor, distances: torch.Tensor) -> sp.csr_matrix:

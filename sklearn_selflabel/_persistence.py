@@ -125,8 +125,7 @@ def load(
         raise ArchiveError(f"{path}: is not a valid model file ({exc})") from None
     if "feature_names_in_" in fitted:
         fitted["feature_names_in_"] = np.asarray(fitted["feature_names_in_"], dtype=object)
-    n_clusters = len(fitted["logit_offsets_"])
-    vars(estimator).update(fitted, net_=net, device_=str(target), n_clusters_=n_clusters)
+    vars(estimator).update(fitted, net_=net, device_=str(target))
     return estimator
 
 

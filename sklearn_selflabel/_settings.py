@@ -179,10 +179,7 @@ def estimated_cluster_count(estimator, X) -> ClusterCount | None:
             "their own share of the rows could estimate different numbers. Give n_clusters "
             "a number."
         )
-    image_shape = _checked_image_shape(est.image_shape, X.shape[1])
-    kind = "image"
-    if image_shape is None:
-        kind = detect_kind(X) if est.input_kind == "auto" else est.input_kind
+    image_shape, kind = _image_shape_and_kind(est, X)
     device = resolve_device(est.device)
     # A seed of its own, so that the fit draws what a fit with the estimated number would.
     seed = int(np.random.default_rng([_seed_from(est.random_state), 1]).integers(2**31))
@@ -217,7 +214,7 @@ def resolve_settings(
         cannot work together; the message names them.
     """
     est = estimator
-    n_samples, n_features = X.shape
+    n_samples = X.shape[0]
     if n_clusters is None:
         if est.n_clusters == "auto":
             raise ValueError(
@@ -236,10 +233,7 @@ def resolve_settings(
     if chunk and est.accelerator is not None:
         raise ValueError("partial_fit does not support an accelerator; use fit.")
     online = est.label_mode == "online"
-    image_shape = _checked_image_shape(est.image_shape, n_features)
-    kind = "image"
-    if image_shape is None:
-        kind = detect_kind(X) if est.input_kind == "auto" else est.input_kind
+    image_shape, kind = _image_shape_and_kind(est, X)
     init = _checked_init(est.init, X, online=online, chunk=chunk)
     if online or chunk:
         init = "random"  # no start: every batch or chunk is labelled from the network
@@ -411,6 +405,15 @@ def _checked_hidden_layer_sizes(hidden_layer_sizes) -> tuple[int, ...]:
             f"{hidden_layer_sizes!r}."
         )
     return tuple(int(s) for s in sizes)
+
+
+def _image_shape_and_kind(est, X) -> tuple[tuple[int, int, int] | None, str]:
+    """The checked ``image_shape``, and the kind of rows: ``"image"`` with an image shape,
+    else ``input_kind`` (detected from the rows when ``"auto"``)."""
+    image_shape = _checked_image_shape(est.image_shape, X.shape[1])
+    if image_shape is not None:
+        return image_shape, "image"
+    return None, detect_kind(X) if est.input_kind == "auto" else est.input_kind
 
 
 def _checked_image_shape(image_shape, n_features: int) -> tuple[int, int, int] | None:

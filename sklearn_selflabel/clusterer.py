@@ -548,7 +548,6 @@ class SelfLabelingClusterer(
 
     def _set_fitted(self, model: FittedModel) -> None:
         vars(self).update(model.attributes())
-        self.n_clusters_ = len(self.logit_offsets_)
 
     def _check_rows(self, X, *, reset: bool, ensure_min_samples: int = 1):
         return check_rows(self, X, reset=reset, ensure_min_samples=ensure_min_samples)
@@ -662,6 +661,11 @@ class SelfLabelingClusterer(
             # A network pickled on CUDA unpickles onto the CPU where CUDA is absent (skorch
             # warns); the estimator follows it.
             self.device_ = str(self.net_.device)
+
+    @property
+    def n_clusters_(self) -> int:
+        """Number of clusters of the fitted model (one logit offset each)."""
+        return len(self.logit_offsets_)
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "net_")
