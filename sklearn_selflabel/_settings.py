@@ -218,8 +218,8 @@ def resolve_settings(
     if n_clusters is None:
         if est.n_clusters == "auto":
             raise ValueError(
-                "n_clusters='auto' is estimated by fit; partial_fit needs a number. Fit "
-                "first, or give n_clusters the number of clusters."
+                "n_clusters='auto' is estimated by fit; a first partial_fit needs a number. "
+                "Fit first, or give n_clusters the number of clusters."
             )
         n_clusters = est.n_clusters
     if n_clusters > n_samples:

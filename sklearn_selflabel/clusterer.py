@@ -530,7 +530,15 @@ class SelfLabelingClusterer(
             previous = getattr(self, "net_", None)
             X = self._check_rows(X, reset=previous is None, ensure_min_samples=2)
             trained_on = None if previous is None else self.device_
-            settings = resolve_settings(self, X, chunk=True, trained_on=trained_on)
+            # A model fitted with n_clusters="auto" continues with the number it estimated.
+            estimated = previous is not None and self.n_clusters == "auto"
+            settings = resolve_settings(
+                self,
+                X,
+                n_clusters=self.n_clusters_ if estimated else None,
+                chunk=True,
+                trained_on=trained_on,
+            )
             model, _ = train_chunk(settings, X, previous)
             self._set_fitted(model)
         return self

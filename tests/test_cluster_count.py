@@ -106,6 +106,14 @@ def test_auto_fits_as_a_fit_with_the_estimated_number(blobs):
     assert given.n_clusters_curve_ is None
 
 
+def test_partial_fit_after_an_auto_fit_keeps_the_estimated_number(blobs):
+    X, _ = blobs
+    model = small(n_clusters="auto").fit(X)
+    model.partial_fit(X[:200])
+    assert model.n_clusters_ == 4
+    assert model.predict_proba(X).shape == (len(X), 4)
+
+
 def test_max_clusters_bounds_the_estimate(blobs):
     X, _ = blobs
     assert small(n_clusters="auto", max_clusters=3).fit(X).n_clusters_ == 3
@@ -115,7 +123,7 @@ def test_max_clusters_bounds_the_estimate(blobs):
     ("params", "call", "match"),
     [
         (dict(label_mode="online"), "fit", "needs label_mode='offline'"),
-        ({}, "partial_fit", "partial_fit needs a number"),
+        ({}, "partial_fit", "a first partial_fit needs a number"),
         (dict(max_clusters=1), "fit", "max_clusters"),
     ],
 )
