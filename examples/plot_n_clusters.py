@@ -4,7 +4,7 @@ Estimating the number of clusters
 
 With ``n_clusters="auto"`` the estimator counts the dense groups of the data before it trains:
 HDBSCAN, run on a layout of the rows' nearest-neighbour graph, with a minimum cluster size of
-1% of the rows; groups smaller than half their equal share do not count. The fit then runs
+0.5% of the rows; groups smaller than half their equal share do not count. The fit then runs
 with that number, ``n_clusters_``. ``n_clusters_curve_`` holds the count at other minimum
 sizes, and ``plot_cluster_count`` draws it: a flat curve is a firm estimate.
 

@@ -66,7 +66,7 @@ class SelfLabelingClusterer(
     n_clusters : int or "auto", default=8
         Number of clusters ``K``. ``"auto"``: estimated by ``fit`` before training, as the
         number of dense groups that HDBSCAN finds in a neighbour layout of the rows, each of
-        at least 1% of the rows and half its equal share (the user guide's "Choosing the
+        at least 0.5% of the rows and half its equal share (the user guide's "Choosing the
         number of clusters"); the fit then runs with that number (``n_clusters_``) as a fit
         given it would. Offline ``fit`` only, not with ``accelerator``.
     max_clusters : int or None, default=None

@@ -37,8 +37,19 @@ def test_density_count_finds_separated_groups_and_keeps_the_curve():
     assert count.n_clusters == 5
     # 0.25%, 0.5%, 1%, 2% and 4% of 1,000 rows, none below 15: 15, 20 and 40
     np.testing.assert_array_equal(count.min_cluster_sizes, [15, 20, 40])
-    assert count.min_cluster_sizes[count.selected] == 15  # 1% of the rows, at least 15
+    assert count.min_cluster_sizes[count.selected] == 15  # 0.5% of the rows, at least 15
     np.testing.assert_array_equal(count.counts, [5, 5, 5])
+
+
+def test_density_count_resolves_groups_of_half_a_percent_of_the_rows():
+    # 150 groups of 30 rows in 4,500: each holds 0.67% of the rows, above the estimate's
+    # 0.5% (22 rows) and below 1% (45 rows, where the count falls to 19).
+    rng = np.random.default_rng(2)
+    centres = rng.normal(scale=20.0, size=(150, 10))
+    layout = np.repeat(centres, 30, axis=0) + rng.normal(size=(4500, 10))
+    count = density_count(layout, max_clusters=500)
+    assert count.min_cluster_sizes[count.selected] == 22
+    assert count.n_clusters == 150
 
 
 def test_density_count_stays_within_two_and_max_clusters():
