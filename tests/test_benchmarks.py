@@ -186,6 +186,8 @@ def test_n_clusters_table_marks_the_estimate_and_counts_hits():
     table = n_clusters.table([record, exact])
     iris = next(line for line in table.splitlines() if line.startswith("| iris"))
     cells = table_cells(iris)
-    assert cells[3] == "2" and cells[8] == "0.80" and cells[11] == "1.20"
+    assert cells[1] == "0" and cells[4] == "2" and cells[9] == "0.80" and cells[12] == "1.20"
     assert cells[-1] == "**2@15** 1@30"
-    assert "Exact K on 1 of 2 runs; within 25% on 1 of 2." in table
+    assert "Seed 0: exact K on 1 of 2 sets; within 25% on 1 of 2." in table
+    another_seed = n_clusters.table([record, exact, {**exact, "seed": 1, "estimated_k": 4}])
+    assert "Seed 1: exact K on 0 of 1 sets; within 25% on 0 of 1." in another_seed
