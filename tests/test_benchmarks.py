@@ -64,7 +64,7 @@ def test_quality_job_runs_and_scores(tmp_path):
         data="digits",
         method="selflabel",
         seed=0,
-        image=False,
+        image=True,  # the image path passes the set's shape, and has no layout start to build
         params={"max_epochs": 2},
     )
     row = quality.run_one(job, str(tmp_path))
@@ -127,13 +127,14 @@ def test_quality_baseline_on_a_table_with_fewer_features_than_pca_components(tmp
 
 def test_bench_fit_child_imports_the_package_of_the_tree_it_is_given(tmp_path):
     bench_fit = load_script("bench_fit")
-    spec = dict(config="digits-flat", seed=0, threads=1, data_dir=str(tmp_path))
+    # The image fit of digits: no layout start to build, so that the child is quick.
+    spec = dict(config="digits-image", seed=0, threads=1, data_dir=str(tmp_path))
     # A copy of the package elsewhere stands for another revision's checkout.
     shutil.copytree(bench_fit.ROOT / "sklearn_selflabel", tmp_path / "sklearn_selflabel")
+    settings = (bench_fit.ROOT / "sklearn_selflabel" / "_settings.py").read_text()
+    assert "_MIN_IMAGE_STEPS = 960\n" in settings
     (tmp_path / "sklearn_selflabel" / "_settings.py").write_text(
-        (bench_fit.ROOT / "sklearn_selflabel" / "_settings.py")
-        .read_text()
-        .replace("_MIN_FLAT_STEPS = 3000", "_MIN_FLAT_STEPS = 1")
+        settings.replace("_MIN_IMAGE_STEPS = 960\n", "_MIN_IMAGE_STEPS = 1\n")
     )
     quick = bench_fit.run_child(tmp_path, spec)
     assert 0 < quick["acc"] <= 1 and quick["seconds"] > 0
