@@ -45,8 +45,8 @@ _LAYOUT_DIMS = 10
 _LAYOUT_EPOCHS = 200
 # A cluster holds at least this share of the rows, and this many rows (the graph's neighbours:
 # a smaller group is not a dense region of it). The share sets the resolution where the count
-# depends on it (letter: 21 to 29 at 0.5% over three seeds, 5 to 11 at 1%); the counts of the
-# other benchmark sets are the same at both, or within one.
+# depends on it: letter gave 26, 26 and 18 at 0.5% for seeds 0 to 2, and 10, 7 and 3 at 1%
+# (benchmarks/results/n_clusters.md); the other benchmark sets gave the same count at both.
 _MIN_CLUSTER_SHARE = 0.005
 _MIN_CLUSTER_ROWS = _N_NEIGHBORS
 # The curve: the count at these shares (the estimate's among them).
