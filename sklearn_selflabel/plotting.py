@@ -160,7 +160,8 @@ def plot_cluster_count(model: SelfLabelingClusterer, ax: Axes | None = None) -> 
         If ``model`` was fitted with a number of clusters rather than ``"auto"``.
     """
     check_is_fitted(model)
-    curve = model.n_clusters_curve_
+    # Absent where partial_fit alone trained the model.
+    curve = getattr(model, "n_clusters_curve_", None)
     if curve is None:
         raise ValueError(
             f"This model was fitted with n_clusters={model.n_clusters}: it has no estimate to "

@@ -117,6 +117,12 @@ def test_cluster_count_needs_a_model_fitted_with_auto(model):
         plot_cluster_count(model)
 
 
+def test_cluster_count_of_a_model_trained_by_partial_fit_alone_names_the_problem(blobs):
+    model = SelfLabelingClusterer(3, n_heads=2, random_state=0).partial_fit(blobs[0])
+    with pytest.raises(ValueError, match="n_clusters='auto'"):
+        plot_cluster_count(model)
+
+
 def test_embedding_scatters_the_pca_of_transform_by_cluster(model, blobs):
     X = blobs[0]
     ax = plot_embedding(model, X)
