@@ -38,7 +38,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 
 from sklearn_selflabel import SelfLabelingClusterer  # noqa: E402
 from sklearn_selflabel._data import IndexedRows  # noqa: E402
-from sklearn_selflabel._offline import estimated_cluster_weights  # noqa: E402
+from sklearn_selflabel._offline import held_cluster_weights  # noqa: E402
 from sklearn_selflabel.sinkhorn import (  # noqa: E402
     _fill_kernel,
     _RowPasses,
@@ -239,8 +239,7 @@ def consecutive_epoch_problems(X: np.ndarray, max_epochs: int, cluster_sizes: st
     The extra epoch trains against the fit's last labels with the network's own training
     step, as every epoch between two label steps does. ``weights_before`` and
     ``weights_after`` are the cluster weights that the estimator's label step aims at
-    (``None``: equal sizes): with estimated sizes, each head's neighbour-vote shares on the
-    embedding of that epoch.
+    (``None``: equal sizes): with estimated sizes, the shares of each head's current clusters.
     """
     model = SelfLabelingClusterer(
         n_clusters=10, max_epochs=max_epochs, cluster_sizes=cluster_sizes, random_state=SEED
@@ -248,10 +247,10 @@ def consecutive_epoch_problems(X: np.ndarray, max_epochs: int, cluster_sizes: st
     net = model.fit(X).net_
 
     def problem() -> tuple[np.ndarray, np.ndarray | None]:
-        embedding, logits = net.evaluate_rows(X, net.batch_size, output="both")
+        logits = net.evaluate_rows(X, net.batch_size)
         weights = None
         if cluster_sizes == "estimated":
-            weights = estimated_cluster_weights(embedding, net.label_table_, model.n_clusters)
+            weights = held_cluster_weights(net.label_table_, model.n_clusters)
         return logits.cpu().numpy(), weights
 
     logits_before, weights_before = problem()

@@ -5,6 +5,7 @@ The label steps themselves are the label modes' (``_offline``, ``_online``).
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Collection
 from typing import TYPE_CHECKING
@@ -64,10 +65,14 @@ class EpochProgress(Callback):
 class FiniteLossGuard(Callback):
     """Stop training at the first non-finite loss with an error that names the likely cause."""
 
-    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs) -> None:
-        if training and not torch.isfinite(loss):
+    def on_batch_end(self, net, batch=None, training=None, **kwargs) -> None:
+        if not training:
+            return
+        # The float that skorch has recorded: no second read of the loss from the device.
+        loss = net.history[-1, "batches", -1, "train_loss"]
+        if not math.isfinite(loss):
             raise FloatingPointError(
-                f"The training loss became {loss.item()} in epoch {len(net.history)}; the network "
+                f"The training loss became {loss} in epoch {len(net.history)}; the network "
                 f"diverged. Lower the learning rate (lr={net.lr}) or check the input scale."
             )
 

@@ -34,9 +34,16 @@ import torch
 from sklearn.cluster import HDBSCAN
 
 from ._data import chunked_rows
-from ._geometry import METRIC, input_scaling
-from ._layout import _MIN_CODES, _N_NEIGHBORS, knn_fuzzy_graph, neighbour_graph, neighbour_layout
-from ._offline import _MIN_ESTIMATED_SHARE
+from ._geometry import input_scaling
+from ._layout import (
+    _MIN_CODES,
+    _N_NEIGHBORS,
+    input_neighbour_graph,
+    knn_fuzzy_graph,
+    neighbour_graph,
+    neighbour_layout,
+)
+from ._recipes import RECIPES
 
 # The layout's dimensions, and its epochs in one round each: UMAP's for large data sets. The
 # start's 500 epochs (in one round or four) changed the counts of iris, wine, blobs, digits
@@ -55,6 +62,12 @@ _CURVE_SHARES = (0.0025, 0.005, 0.01, 0.02, 0.04)
 _MAX_ROWS = 20_000
 # Rows whose kind has its categories on manifolds: linked through an autoencoder's codes.
 _LAYOUT_KINDS = ("image", "nonnegative")
+# The autoencoder's passes over small data sets: the count's figures were measured with the
+# start's former 250; fewer tore groups of a few hundred rows apart.
+_AUTOENCODER_PASSES = 250
+# Of HDBSCAN's clusters, those that hold at least this share of their equal share count; the
+# smaller ones are mostly fragments that the layout tore off a category.
+_MIN_COUNTED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -108,17 +121,18 @@ def estimate_n_clusters(
         X = X[np.sort(rng.choice(n_samples, _MAX_ROWS, replace=False))]
         n_samples = _MAX_ROWS
     mean, scale, normalise_rows = input_scaling(X, kind, image_shape)
-    metric = METRIC.get(kind, "cosine")
+    metric = RECIPES[kind].metric
     if kind in _LAYOUT_KINDS:
         mean_, scale_ = torch.from_numpy(mean).to(device), torch.from_numpy(scale).to(device)
         graph = neighbour_graph(
             X,
             _MIN_CODES,
             rng,
-            standardise=lambda rows: (rows - mean_) / scale_,
-            metric=metric,
+            standardize=lambda rows: (rows - mean_) / scale_,
+            input_graph=input_neighbour_graph(X, metric, device),
             device=device,
             fast_dtype=fast_dtype,
+            max_passes=_AUTOENCODER_PASSES,
         )
     else:
         if sp.issparse(X):
@@ -151,16 +165,15 @@ def density_count(layout: np.ndarray, max_clusters: int) -> ClusterCount:
 
 
 def _hdbscan_count(layout: np.ndarray, min_cluster_size: int) -> int:
-    """HDBSCAN's clusters of ``layout`` that hold at least ``_MIN_ESTIMATED_SHARE`` of the
-    equal share of its clustered rows: the floor that estimated cluster sizes keep in the fit.
-    """
+    """HDBSCAN's clusters of ``layout`` that hold at least ``_MIN_COUNTED_SHARE`` of the
+    equal share of its clustered rows."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(layout)
     sizes = np.bincount(labels[labels >= 0])  # HDBSCAN numbers its clusters 0 .. k - 1
     if sizes.size == 0:
         return 0
-    return int((sizes >= _MIN_ESTIMATED_SHARE * sizes.sum() / sizes.size).sum())
+    return int((sizes >= _MIN_COUNTED_SHARE * sizes.sum() / sizes.size).sum())
 
 
 def max_clusters_for(n_samples: int, max_clusters: int | None) -> int:

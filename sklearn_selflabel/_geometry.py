@@ -29,9 +29,6 @@ from sklearn.utils.sparsefuncs import mean_variance_axis
 from ._data import chunked_rows, column_mean_and_variance, feature_mean_and_scale
 
 KINDS = ("tabular", "embedding", "nonnegative", "sparse")
-# Metric of the nearest-neighbour links in the input space, by kind.
-METRIC = {"tabular": "euclidean", "embedding": "euclidean", "nonnegative": "cosine"}
-METRIC["sparse"] = "cosine"
 # Features are on a common range when the 90th percentile of their typical sizes is at most
 # this many times the 10th.
 _COMMON_RANGE = 10.0

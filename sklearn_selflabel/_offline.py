@@ -1,12 +1,13 @@
 """Offline label mode: SeLa's label steps over all training rows, on a schedule.
 
 A ``(n_heads, n_samples)`` label table starts as a random equal split, or as a clustering of the
-input rows (``initial_labels``). After the scheduled
-epochs (dense early, sparse late) the network's logits on the clean training rows go through
-``sinkhorn_equipartition`` and ``argmax Q`` rewrites the table. With estimated cluster sizes,
-the first step from half the schedule on re-partitions every head by the embedding's
-nearest-neighbour links (unless the mode says otherwise: sparse rows keep their labels), and
-the later steps aim at the sizes that a neighbour vote supports.
+input rows (``_starts``). After the scheduled epochs (dense early, sparse late) the network's
+logits on the clean training rows go through ``sinkhorn_equipartition`` and ``argmax Q``
+rewrites the table. With estimated cluster sizes the steps keep the sizes of the clusters that
+the start found in the rows, none below a fifth of the equal share (the transport enforces
+that floor, and the last step's hard labels keep it too); from the random start they
+aim at equal sizes until half the schedule, where one step re-partitions every head by the
+embedding's nearest-neighbour links (where the mode says so), whose sizes the later steps keep.
 ``fitted_head`` runs one more such step on the trained network: it fixes ``logit_offsets_``
 (with estimated sizes, topped up so that the hard labels keep every cluster's floor).
 ``ChunkLabelStep`` labels a ``partial_fit`` chunk by one step before training on it.
@@ -16,50 +17,34 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
-from sklearn.preprocessing import normalize
 from skorch.callbacks import Callback
 
-from ._data import chunked_rows, holds_rows
+from ._data import holds_rows
 from ._label_mode import FittedHead
-from ._layout import layout_labels
 from ._net import SelfLabelNet
-from .propagation import neighbour_link_partition, neighbour_vote_shares
+from ._starts import MIN_CLUSTER_SHARE, initial_labels
+from .propagation import neighbour_link_partition
 from .sinkhorn import SinkhornResult, sinkhorn_equipartition
 
-# With cluster_sizes="estimated", label steps aim at estimated sizes from this fraction of
-# the last label step's epoch on: before, the embedding does not yet hold the categories.
+# From SeLa's random split, label steps aim at estimated sizes from this fraction of the last
+# label step's epoch on: before, the embedding does not yet hold the categories. A start from
+# a clustering of the rows has sizes of its own from the first step on.
 _ESTIMATED_SIZES_FROM = 0.5
-# A fit from the mixture lets the network learn it for this fraction of the schedule before
-# the first label step, and aims at estimated sizes from that step on, since the mixture's
-# clusters already have sizes of their own (wine and breast cancer, 5 seeds: equal sizes
-# until half the schedule gave ACC 0.933 and 0.807, estimated sizes from the first step
-# 0.976 and 0.946). On text (8 optimizer steps an epoch) the KMeans start lost ACC with the
-# first quarter deferred (2 seeds: -0.004, -0.028), so it keeps the plain schedule.
-_MIXTURE_LABEL_STEPS_FROM = 0.25
-# The starts that the network learns first, as above: the mixture, and the layout's mixture.
+# A fit from these starts lets the network learn the start for this fraction of the schedule
+# before the first label step (the user guide's "Flat rows"); from KMeans, documents keep the
+# plain schedule.
 _LEARNED_FIRST = ("mixture", "layout")
-# The mixture start is fitted on at most this many rows (a seeded sample; all rows are then
-# labelled by it), and on their leading principal components when the rows are wider.
-_MIXTURE_ROWS = 10_000
-_MIXTURE_COMPONENTS = 50
-# Estimated cluster sizes are at least this fraction of the equal share, so that no cluster
-# can be voted away (below half of it a cluster counts as degenerate). The last label step's
-# hard labels hold at least as many rows too: rounding them can end a row or so short of the
-# marginal (letter: 384 rows for a floor of 384.6), so a short cluster is topped up.
-_MIN_ESTIMATED_SHARE = 0.5
+_LEARNED_FIRST_FOR = 0.25
+# ... and skips label steps while the network's argmax agrees with fewer than this share of
+# its labels: a step on logits that have not learned the start would relabel rows at random.
+_LEARNED_AGREEMENT = 0.9
 
 
 @dataclass(frozen=True)
@@ -74,11 +59,8 @@ class OfflineLabels:
     n_label_steps: int
     cluster_sizes: str
     batch_size: int
-    # "random": SeLa's random equal split; "kmeans": each head's KMeans of the L2-normalised
-    # input rows; "mixture": each head's Gaussian mixture (one shared covariance) of the
-    # standardised input rows; each head from a seed of its own. "layout": every head the
-    # consensus mixture of the rows' layout (_layout).
-    initial_labels: str = "random"
+    # The start, or the starts to choose from (_starts.initial_labels).
+    starts: tuple[str, ...] = ("random",)
     # With estimated sizes, whether their first step re-partitions by the embedding's links.
     repartition: bool = True
     # The input rows' metric, in which the layout start links them.
@@ -89,13 +71,18 @@ class OfflineLabels:
     @property
     def label_steps_from(self) -> float:
         """No label step runs before this fraction of the schedule's epochs."""
-        return _MIXTURE_LABEL_STEPS_FROM if self.initial_labels in _LEARNED_FIRST else 0.0
+        return _LEARNED_FIRST_FOR if self.learned_first else 0.0
 
     @property
     def estimate_sizes_from(self) -> float:
         """With estimated sizes, the steps from this fraction of the last step's epoch on aim
         at them."""
-        return 0.0 if self.initial_labels in _LEARNED_FIRST else _ESTIMATED_SIZES_FROM
+        return _ESTIMATED_SIZES_FROM if self.starts == ("random",) else 0.0
+
+    @property
+    def learned_first(self) -> bool:
+        """Whether the start is a clustering that the network learns before any label step."""
+        return all(start in _LEARNED_FIRST for start in self.starts)
 
     def fit_label_step(self, n_epochs: int, seed: int) -> LabelStep:
         epochs = label_step_epochs(n_epochs, self.n_label_steps)
@@ -136,17 +123,17 @@ class OfflineLabels:
         The last step, on the trained network's logits of ``X``, sets the cluster sizes that
         predict gives: ``argmax Q = argmax (lamb * logits + log b)``, rows scaled or not.
         """
-        embedding, logits = net.evaluate_rows(X, self.batch_size, output="both")
+        logits = net.evaluate_rows(X, self.batch_size)
         head_losses = net.head_losses(logits)
         best = int(np.argmin(head_losses))
         weights = None
         if self.cluster_sizes == "estimated":
-            weights = estimated_cluster_weights(embedding, net.label_table_[best], self.n_clusters)
+            weights = held_cluster_weights(net.label_table_[best], self.n_clusters)
         state = dict(net.callbacks_)["label_step"].solver_state_
         result = self.solve(logits[best], weights, None if state is None else state[best])
         offsets = (result.state / self.lamb).cpu().numpy().astype(np.float32)
         if weights is not None:
-            min_rows = math.ceil(_MIN_ESTIMATED_SHARE * logits.shape[1] / self.n_clusters)
+            min_rows = math.ceil(MIN_CLUSTER_SHARE * logits.shape[1] / self.n_clusters)
             offsets = topped_up(logits[best], offsets, min_rows)
         return FittedHead(best, head_losses, offsets)
 
@@ -185,94 +172,30 @@ def label_step_epochs(max_epochs: int, n_label_steps: int) -> np.ndarray:
     return np.unique(np.round((max_epochs - 1) * fractions**2).astype(np.int64))
 
 
-def random_equal_split(n_samples: int, n_clusters: int, n_heads: int, seed: int) -> np.ndarray:
-    """SeLa's initial labels: a random permutation of an equal split, per head, ``(n_heads, n)``."""
-    rng = np.random.default_rng(seed)
-    equal = np.arange(n_samples) % n_clusters
-    return np.stack([rng.permutation(equal) for _ in range(n_heads)])
+def held_cluster_weights(labels: torch.Tensor, n_clusters: int) -> np.ndarray:
+    """The sizes of the clusters of ``labels`` (shape ``(n_samples,)``, or ``(n_heads,
+    n_samples)`` for a row of shares per head) as shares, none below ``MIN_CLUSTER_SHARE`` of
+    the equal share (``floored``)."""
+    rows = labels.reshape(-1, labels.shape[-1])
+    counts = torch.zeros(len(rows), n_clusters, dtype=torch.float64, device=labels.device)
+    counts.scatter_add_(1, rows, torch.ones_like(rows, dtype=torch.float64))
+    shares = (counts / counts.sum(dim=1, keepdim=True)).cpu().numpy()
+    floor = MIN_CLUSTER_SHARE / n_clusters
+    return np.stack([floored(row, floor) for row in shares]).reshape(labels.shape[:-1] + (-1,))
 
 
-def kmeans_labels(X, n_clusters: int, n_heads: int, seed: int) -> np.ndarray:
-    """Initial labels in the cosine geometry: per head, KMeans (one initialisation, a seed of
-    its own) of the L2-normalised rows of ``X``, shape ``(n_heads, n_samples)``."""
-    rows = normalize(X if sp.issparse(X) else np.vstack(list(chunked_rows(X))))
-    seeds = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=n_heads)
-    table = [KMeans(n_clusters, n_init=1, random_state=int(s)).fit_predict(rows) for s in seeds]
-    return np.stack(table).astype(np.int64)
-
-
-def mixture_labels(
-    X,
-    n_clusters: int,
-    n_heads: int,
-    seed: int,
-    standardise: Callable[[np.ndarray], np.ndarray],
-) -> np.ndarray:
-    """Initial labels in the rows' own geometry, shape ``(n_heads, n_samples)``: per head, a
-    Gaussian mixture with one covariance shared by all components (a seed of its own) of the
-    dense rows of ``X`` as ``standardise`` scales them.
-
-    The mixtures are fitted on at most ``_MIXTURE_ROWS`` rows (a sample drawn from ``seed``),
-    projected on their first ``_MIXTURE_COMPONENTS`` principal components when wider, and then
-    label every row.
+def floored(shares: np.ndarray, floor: float) -> np.ndarray:
+    """``shares`` (summing to one) with every share at least ``floor``: shares below it are set
+    to it, and the others scaled down together to make room (water-filling), so a raised
+    share is the floor exactly, and a share that scaling would take below it is raised too.
     """
-    rng = np.random.default_rng(seed)
-    n_samples = X.shape[0]
-    sample = np.sort(rng.choice(n_samples, size=min(n_samples, _MIXTURE_ROWS), replace=False))
-    rows = standardise(np.asarray(X[sample]))
-    projection = None
-    if rows.shape[1] > _MIXTURE_COMPONENTS:
-        projection = PCA(min(_MIXTURE_COMPONENTS, len(rows)), random_state=seed).fit(rows)
-        rows = projection.transform(rows)
-    seeds = rng.integers(np.iinfo(np.int32).max, size=n_heads)
-    with warnings.catch_warnings():
-        # A start need not be a converged mixture: training refines it.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        mixtures = [
-            GaussianMixture(
-                n_clusters, covariance_type="tied", reg_covar=1e-4, random_state=int(s)
-            ).fit(rows)
-            for s in seeds
-        ]
-    table = np.empty((n_heads, n_samples), dtype=np.int64)
-    start = 0
-    for chunk in chunked_rows(X):
-        rows = standardise(chunk)
-        if projection is not None:
-            rows = projection.transform(rows)
-        for head, mixture in enumerate(mixtures):
-            table[head, start : start + len(rows)] = mixture.predict(rows)
-        start += len(rows)
-    return table
-
-
-def estimated_cluster_weights(
-    embedding: torch.Tensor,
-    labels: torch.Tensor,
-    n_clusters: int,
-    dtype: torch.dtype = torch.float32,
-) -> np.ndarray:
-    """Cluster sizes that the embedding supports, for labels of shape ``(n_samples,)`` or
-    ``(n_heads, n_samples)``: the shares after a majority vote of each row's nearest
-    neighbours (``neighbour_vote_shares``, neighbours searched at ``dtype``), none below
-    ``_MIN_ESTIMATED_SHARE`` times the equal share (the others make room for a raised one),
-    so that no cluster can be voted away.
-    """
-    return neighbour_vote_shares(
-        embedding, labels, n_clusters, min_share=_MIN_ESTIMATED_SHARE / n_clusters, dtype=dtype
-    )
-
-
-def standardised_by(net: SelfLabelNet) -> Callable[[np.ndarray], np.ndarray]:
-    """Dense raw rows -> the rows in the units that ``net``'s encoder sees, as float32."""
-
-    def standardise(rows: np.ndarray) -> np.ndarray:
-        # A copy: torch warns on read-only arrays (a pandas frame's values, a memmap).
-        batch = torch.tensor(rows, dtype=torch.float32, device=net.device)
-        with torch.no_grad():
-            return net.inference_module().standardise(batch).cpu().numpy()
-
-    return standardise
+    raised = shares < floor
+    while True:
+        scale = (1.0 - floor * raised.sum()) / shares[~raised].sum()
+        newly = ~raised & (shares * scale < floor)
+        if not newly.any():
+            return np.where(raised, floor, shares * scale)
+        raised |= newly
 
 
 def renamed_to_match(labels: np.ndarray, reference: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -289,23 +212,22 @@ class LabelStep(Callback):
     """Recompute every head's hard labels by the equipartition Sinkhorn step on a schedule.
 
     At ``on_train_begin`` the labels are a random equal split, or the mode's clustering of the
-    input rows (``OfflineLabels.initial_labels``).
+    input rows (``OfflineLabels.starts``, ``_starts.initial_labels``).
     After each scheduled epoch the network's logits on the clean training rows go through
     ``sinkhorn_equipartition``, warm started from the previous step's scalings, and
     ``argmax Q`` becomes the new label table.
-    From epoch ``estimate_sizes_from`` on, each head's step aims at the cluster sizes that its
-    current labels and the embedding support (``estimated_cluster_weights``) rather than at
-    equal ones; where ``mode.repartition``, the first of those steps does not solve Sinkhorn
-    but re-partitions: every head takes the partition of the embedding's nearest-neighbour
-    links (``neighbour_link_partition``), its clusters renamed to agree with that head's labels.
-    That undoes what the equipartition forces on unequal categories (a large one split, two
-    small ones merged), which the later steps, each from the labels of the step before,
-    could not undo. Every epoch records in the history: ``label_step`` and ``repartition``
-    (bools), ``labels_changed`` (fraction of (head, row) labels that changed, 0 without a
-    step), ``min_cluster_size`` and ``max_cluster_size`` (over all heads), at a step
-    ``label_step_seconds`` (the whole step: forward pass, neighbour vote and solver), and at a
-    Sinkhorn step ``sinkhorn_n_iter``, ``sinkhorn_error`` and ``sinkhorn_seconds`` (the solver
-    alone).
+    From epoch ``estimate_sizes_from`` on, each head's step keeps the sizes of its current
+    clusters (``held_cluster_weights``) rather than aiming at equal ones; where
+    ``mode.repartition``, the first of those steps does not solve Sinkhorn but re-partitions:
+    every head takes the partition of the embedding's nearest-neighbour links
+    (``neighbour_link_partition``), its clusters renamed to agree with that head's labels. That
+    undoes what the equipartition forces on unequal categories (a large one split, two small
+    ones merged), which the later steps could not undo. Every epoch records in the history:
+    ``label_step`` and ``repartition`` (bools), ``labels_changed`` (fraction of (head, row)
+    labels that changed, 0 without a step), ``min_cluster_size`` and ``max_cluster_size``
+    (over all heads), at a step ``label_step_seconds`` (the whole step: forward pass and
+    solver), and at a Sinkhorn step ``sinkhorn_n_iter``, ``sinkhorn_error`` and
+    ``sinkhorn_seconds`` (the solver alone).
     """
 
     def __init__(
@@ -325,25 +247,17 @@ class LabelStep(Callback):
         if holds_rows(getattr(net, "label_table_", None), len(X), axis=1):
             return  # a resumed fit keeps the labels (and solver state) of its checkpoint
         mode = self.mode
-        if mode.initial_labels == "kmeans":
-            labels = kmeans_labels(X.X, mode.n_clusters, mode.n_heads, self.seed)
-        elif mode.initial_labels == "mixture":
-            labels = mixture_labels(
-                X.X, mode.n_clusters, mode.n_heads, self.seed, standardised_by(net)
-            )
-        elif mode.initial_labels == "layout":
-            start = layout_labels(
-                X.X,
-                mode.n_clusters,
-                self.seed,
-                standardise=net.inference_module().standardise,
-                metric=mode.input_metric,
-                device=torch.device(net.device),
-                fast_dtype=net.fast_dtype,
-            )
-            labels = np.tile(start, (mode.n_heads, 1))
-        else:
-            labels = random_equal_split(len(X), mode.n_clusters, mode.n_heads, self.seed)
+        labels = initial_labels(
+            X.X,
+            mode.starts,
+            mode.n_clusters,
+            mode.n_heads,
+            self.seed,
+            module=net.inference_module(),
+            metric=mode.input_metric,
+            device=torch.device(net.device),
+            fast_dtype=net.fast_dtype,
+        )
         net.label_table_ = torch.from_numpy(labels).to(net.device)
         self.solver_state_ = None
 
@@ -371,19 +285,20 @@ class LabelStep(Callback):
         renamed = [renamed_to_match(partition, head, n_clusters) for head in table]
         return torch.from_numpy(np.stack(renamed)).to(net.label_table_.device)
 
-    def solve(self, net, X) -> SinkhornResult:
-        """Sinkhorn on the clean logits of the rows ``X``, warm-started from the previous step."""
+    def solve(self, net, X) -> SinkhornResult | None:
+        """Sinkhorn on the clean logits of the rows ``X``, warm-started from the previous step;
+        None where the mode's start is to be learned first and the network has not learned it.
+        """
         epoch = len(net.history) - 1
         mode = self.mode
         weights = None
+        logits = net.evaluate_rows(X, mode.batch_size, fast=True)
+        if mode.learned_first:
+            agreement = (logits.argmax(dim=-1) == net.label_table_).float().mean()
+            if agreement.item() < _LEARNED_AGREEMENT:
+                return None
         if self.estimate_sizes_from is not None and epoch >= self.estimate_sizes_from:
-            embedding, logits = net.evaluate_rows(X, mode.batch_size, output="both", fast=True)
-            # A fast pass's embedding, searched at its precision.
-            weights = estimated_cluster_weights(
-                embedding, net.label_table_, mode.n_clusters, dtype=net.fast_dtype
-            )
-        else:
-            logits = net.evaluate_rows(X, mode.batch_size, fast=True)
+            weights = held_cluster_weights(net.label_table_, mode.n_clusters)
         start = time.perf_counter()
         result = mode.solve(logits, weights, self.solver_state_)
         self.solver_seconds_ = time.perf_counter() - start
@@ -400,10 +315,11 @@ class LabelStep(Callback):
                 labels = self.repartition(net, dataset_train.X)
             else:
                 result = self.solve(net, dataset_train.X)
-                labels = result.labels
-                net.history.record("sinkhorn_n_iter", result.n_iter)
-                net.history.record("sinkhorn_seconds", self.solver_seconds_)
-                net.history.record("sinkhorn_error", result.marginal_error)
+                labels = net.label_table_ if result is None else result.labels
+                if result is not None:
+                    net.history.record("sinkhorn_n_iter", result.n_iter)
+                    net.history.record("sinkhorn_seconds", self.solver_seconds_)
+                    net.history.record("sinkhorn_error", result.marginal_error)
             changed = (labels != net.label_table_).float().mean().item()
             net.label_table_ = labels
             net.history.record("label_step_seconds", time.perf_counter() - start)

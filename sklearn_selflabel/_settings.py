@@ -21,58 +21,26 @@ from sklearn.utils import check_random_state
 
 from ._cluster_count import ClusterCount, estimate_n_clusters, max_clusters_for
 from ._data import count_distinct_rows
-from ._geometry import METRIC, detect_kind
+from ._geometry import detect_kind
 from ._label_mode import LabelMode
 from ._offline import OfflineLabels
 from ._online import OnlineLabels
+from ._recipes import RECIPES
 
 # Optimizer steps that max_epochs="auto" gives an image fit at least (within 60..120 epochs).
 _MIN_IMAGE_STEPS = 960
 # n_init="auto" trains image fits of at most this many optimizer steps twice.
 _MAX_RESTART_STEPS = 1000
-# n_init="auto" trains fits from the layout start of at most this many rows twice: the
-# autoencoder learns poor codes from few rows, and such fits spread widely (sklearn digits
-# as flat rows, 1,797 rows: 0.83 to 0.94 ACC over 5 seeds); their score picks the better of
-# two (mean 0.914, against 0.892 from one).
-_MAX_LAYOUT_RESTART_ROWS = 5_000
-# cluster_sizes="estimated" needs this many rows per cluster on average (twice the voters of
-# the neighbour vote); with fewer, the label steps aim at equal sizes.
-_MIN_ROWS_TO_ESTIMATE_SIZES = 20
 # max_epochs="auto" for flat rows: enough epochs for this many optimizer steps, 60..120.
 _MIN_FLAT_STEPS = 3000
-# Flat rows of these kinds train with propagation ("auto") and neighbour views instead of
-# noise; tables and embeddings keep the noise views (on the small tables tried, wine, breast
-# cancer and iris, the neighbour recipe was better on wine only). Sparse rows (documents)
-# train on views that drop terms, without propagation: their input neighbours cross topics
-# too often (10-NN purity 0.84 on text_2topics), and propagation pulled the labels away from
-# the KMeans start (ACC 0.87 with it, 0.94 without, over 5 seeds).
-_NEIGHBOUR_KINDS = ("nonnegative",)
 # Neighbours that a neighbour view mixes a row with.
 _VIEW_NEIGHBORS = 10
-# init="auto": the labels that an offline fit starts from, by kind of rows. Small tables and
-# embeddings start from a Gaussian mixture of their standardised rows: from SeLa's random
-# split, a small table's network memorises the split before it learns the rows' structure
-# (on wine, 178 rows, an epoch is one optimizer step), and ends at the equipartition.
-# Documents start from KMeans in their cosine geometry; images and the other non-negative
-# rows (pixels, codes) from their layout, images only when they are many (below).
-_AUTO_INIT = {
-    "tabular": "mixture",
-    "embedding": "mixture",
-    "sparse": "kmeans",
-    "nonnegative": "layout",
-    "image": "layout",
-}
-# ... small: at most this many rows. The mixture start helped on wine, breast cancer and iris
-# (150 to 569 rows) and hurt on 16 principal components of sklearn digits (1797 rows; 3
-# seeds: 0.77 against 0.83), where SeLa's schedule from the random split does better.
-_MIXTURE_MAX_ROWS = 1000
-# Images of more rows than this start from their layout, fewer from SeLa's random split, which
-# their views and propagation undo. From the layout, large sets clustered better
-# (benchmarks/quality.py, 5 seeds: MNIST-test 0.983 against 0.979, USPS 0.987 against 0.984)
-# for the start's 15-25 s; sklearn digits (1,797 rows), whose autoencoder learns poor codes,
-# clustered worse from it (0.924 against 0.933) and took 2.6 times as long (44.5 s against
-# 17.3 s on 2 threads, two fits each).
-_MIN_IMAGE_LAYOUT_ROWS = 5_000
+# Starts that need dense rows.
+_DENSE_STARTS = ("mixture", "layout")
+# device="auto" trains on CUDA only when the rows hold at least this many values (rows times
+# features): below it, a step's work is too small to pay for the launches and transfers
+# (benchmarks/results/gpu.md).
+_MIN_CUDA_VALUES = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -180,7 +148,7 @@ def estimated_cluster_count(estimator, X) -> ClusterCount | None:
             "a number."
         )
     image_shape, kind = _image_shape_and_kind(est, X)
-    device = resolve_device(est.device)
+    device = resolve_device(est.device, X.shape)
     # A seed of its own, so that the fit draws what a fit with the estimated number would.
     seed = int(np.random.default_rng([_seed_from(est.random_state), 1]).integers(2**31))
     return estimate_n_clusters(
@@ -234,22 +202,20 @@ def resolve_settings(
         raise ValueError("partial_fit does not support an accelerator; use fit.")
     online = est.label_mode == "online"
     image_shape, kind = _image_shape_and_kind(est, X)
-    init = _checked_init(est.init, X, online=online, chunk=chunk)
+    recipe = RECIPES[kind]
+    starts = _checked_init(est.init, X, online=online, chunk=chunk)
     if online or chunk:
-        init = "random"  # no start: every batch or chunk is labelled from the network
-    elif init == "auto":
-        # The mixture is fitted on dense rows; signed sparse rows start from the random split.
-        init = _AUTO_INIT.get(kind, "random")
-        if init == "mixture" and (sp.issparse(X) or n_samples > _MIXTURE_MAX_ROWS):
-            init = "random"
-        if init == "layout" and (
-            sp.issparse(X) or (kind == "image" and n_samples <= _MIN_IMAGE_LAYOUT_ROWS)
-        ):
-            init = "random"
+        starts = ("random",)  # no start: every batch or chunk is labelled from the network
+    elif starts == ("auto",):
+        starts = tuple(
+            start for start in recipe.starts if not (sp.issparse(X) and start in _DENSE_STARTS)
+        )
+        if not starts or n_samples < recipe.min_start_rows:
+            starts = ("random",)
     augment_strength = est.augment_strength
-    if kind in _NEIGHBOUR_KINDS:
+    if recipe.views == "neighbours":
         augment_strength = 0.0
-    elif init == "mixture" and kind != "image":
+    elif starts == ("mixture",) and recipe.views == "noise":
         # Noise of 0.5 standard deviations blurred the boundaries of the start (iris: 0.86,
         # against 0.96 at 0.25), so noise views from a mixture start are half as strong.
         augment_strength /= 2
@@ -271,17 +237,12 @@ def resolve_settings(
             tol=est.sinkhorn_tol,
             max_iter=est.sinkhorn_max_iter,
             n_label_steps=est.n_label_steps,
-            # The neighbour vote that estimates sizes needs clusters larger than its voters.
-            cluster_sizes="equal"
-            if n_samples < _MIN_ROWS_TO_ESTIMATE_SIZES * n_clusters
-            else est.cluster_sizes,
+            cluster_sizes=est.cluster_sizes,
             batch_size=batch_size,
-            initial_labels=init,
-            input_metric=METRIC.get(kind, "cosine"),
-            # A start from a clustering of the rows keeps its partition; so do sparse rows,
-            # whose few broad topics the link partition splits badly (one seed's
-            # text_2topics embedding: 0.73, where KMeans of it gives 0.94).
-            repartition=init == "random" and kind != "sparse",
+            starts=starts,
+            input_metric=recipe.metric,
+            # A start from a clustering of the rows keeps its partition.
+            repartition=starts == ("random",) and recipe.repartition,
         )
     network = NetworkSettings(
         n_clusters=n_clusters,
@@ -295,15 +256,14 @@ def resolve_settings(
         augment_strength=augment_strength,
     )
     propagation = None
-    auto_propagation = kind == "image" or kind in _NEIGHBOUR_KINDS
-    if not online and (auto_propagation if est.propagation == "auto" else est.propagation):
+    if not online and (recipe.propagation if est.propagation == "auto" else est.propagation):
         flat = {}
         if kind != "image":
             flat = dict(
                 input_positives="knn",
-                input_space="raw" if METRIC[kind] == "cosine" else "standardised",
-                input_metric=METRIC[kind],
-                view_neighbors=_VIEW_NEIGHBORS,
+                input_space="raw" if recipe.metric == "cosine" else "standardised",
+                input_metric=recipe.metric,
+                view_neighbors=_VIEW_NEIGHBORS if recipe.views == "neighbours" else 0,
             )
         propagation = PropagationSettings(
             n_neighbors=est.propagation_neighbors,
@@ -315,7 +275,7 @@ def resolve_settings(
             **flat,
         )
     if trained_on is None:
-        device = _training_device(est.device, est.accelerator, propagation is not None)
+        device = _training_device(est.device, est.accelerator, propagation is not None, X.shape)
     else:
         device = torch.device(trained_on)
     n_batches = math.ceil(n_samples / batch_size)
@@ -331,8 +291,12 @@ def resolve_settings(
             "warm_start=True resumes from the checkpoint in checkpoint_dir; set "
             "checkpoint_dir (a fit that finds no checkpoint there starts afresh)."
         )
-    restart = (image_shape is not None and max_epochs * n_batches <= _MAX_RESTART_STEPS) or (
-        init == "layout" and n_samples <= _MAX_LAYOUT_RESTART_ROWS
+    # A fit from a clustering of the rows is fitted once: the score, which favours equal
+    # sizes, would pick the fit whose start cut a large cluster over one that kept it.
+    restart = (
+        image_shape is not None
+        and starts == ("random",)
+        and max_epochs * n_batches <= _MAX_RESTART_STEPS
     )
     n_init = 1 if chunk else _n_init(est, online, restart)
     seed = _seed_from(est.random_state)
@@ -342,7 +306,9 @@ def resolve_settings(
         # The layout start's autoencoder and the network that learns its labels are wide
         # fully connected layers: bfloat16 made MNIST-test's fit from it 1.3x faster, with
         # the same ACC over 4 seeds (digits, USPS).
-        mixed_precision = (image_shape is not None or init == "layout") and native_bfloat16(device)
+        mixed_precision = (image_shape is not None or "layout" in starts) and native_bfloat16(
+            device
+        )
     return Settings(
         network=network,
         labels=labels,
@@ -380,21 +346,22 @@ def _n_init(est, online: bool, restart: bool) -> int:
     return est.n_init
 
 
-def _checked_init(init: str, X, *, online: bool, chunk: bool) -> str:
-    """``init``, checked against the label mode, the method and the rows."""
+def _checked_init(init: str, X, *, online: bool, chunk: bool) -> tuple[str, ...]:
+    """``init``, checked against the label mode, the method and the rows, as the starts that
+    the fit may choose from (``("auto",)``: the recipe's)."""
     if init == "auto":
-        return init
+        return (init,)
     if online or chunk:
         raise ValueError(
             f"init={init!r} sets the labels that an offline fit starts from; online mode and "
             "partial_fit label every batch or chunk from the network itself. Use init='auto'."
         )
-    if init in ("mixture", "layout") and sp.issparse(X):
+    if init in _DENSE_STARTS and sp.issparse(X):
         raise ValueError(
             f"init={init!r} needs dense rows; for sparse rows use init='kmeans' (their "
             "cosine geometry) or 'random'."
         )
-    return init
+    return (init,)
 
 
 def _checked_hidden_layer_sizes(hidden_layer_sizes) -> tuple[int, ...]:
@@ -435,9 +402,9 @@ def _checked_image_shape(image_shape, n_features: int) -> tuple[int, int, int] |
     return tuple(shape)
 
 
-def _training_device(device: str, accelerator, propagation: bool) -> torch.device:
+def _training_device(device: str, accelerator, propagation: bool, shape) -> torch.device:
     if accelerator is None:
-        return resolve_device(device)
+        return resolve_device(device, shape)
     if accelerator.device_placement:
         raise ValueError(
             "Create the accelerator with Accelerator(device_placement=False): the estimator "
@@ -458,10 +425,12 @@ def native_bfloat16(device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve_device(device: str) -> torch.device:
-    """The torch device that ``device`` names; ``"auto"``: CUDA when available."""
+def resolve_device(device: str, shape: tuple[int, int] | None = None) -> torch.device:
+    """The torch device that ``device`` names. ``"auto"``: CUDA when it is available and the
+    rows of ``shape`` (None: any) hold at least ``_MIN_CUDA_VALUES`` values, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        large = shape is None or shape[0] * shape[1] >= _MIN_CUDA_VALUES
+        return torch.device("cuda" if torch.cuda.is_available() and large else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:

@@ -88,8 +88,8 @@ def test_predict_gives_the_equipartition_labels_of_a_last_label_step():
 
 def test_estimated_cluster_sizes_follow_uneven_blobs():
     # The same uneven blobs from SeLa's random split: the equipartition splits the large ones
-    # and merges the small ones; the neighbour vote moves the last label step's marginals
-    # towards the blobs' sizes.
+    # and merges the small ones; the re-partition at half the schedule finds the blobs, whose
+    # sizes the later label steps keep.
     X, y = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
     fits = {
         sizes: small(n_clusters=4, max_epochs=20, cluster_sizes=sizes, init="random").fit(X)
@@ -107,9 +107,8 @@ def test_estimated_cluster_sizes_follow_uneven_blobs():
     logits = estimated.net_.evaluate_rows(X.astype(np.float32), 64)[estimated.best_head_]
     shifted = logits.numpy() + estimated.logit_offsets_
     np.testing.assert_array_equal(estimated.labels_, shifted.argmax(axis=1))
-    # No cluster is voted below half its equal share, in the hard labels too: the 40-row blob
-    # is raised to the floor.
-    assert np.bincount(estimated.labels_).min() >= np.ceil(0.5 * len(X) / 4)
+    # Above the floor (a fifth of the equal share), the blobs keep their own sizes.
+    np.testing.assert_array_equal(np.sort(np.bincount(estimated.labels_)), [40, 80, 120, 160])
 
 
 def test_estimated_cluster_sizes_enter_training_from_half_the_label_schedule():
@@ -137,12 +136,13 @@ def test_estimated_cluster_sizes_enter_training_from_half_the_label_schedule():
     assert table_size_error(fits["estimated"]) < 0.6 * table_size_error(fits["equal"])
 
 
-def test_few_rows_per_cluster_are_labelled_with_equal_sizes():
-    # Four rows per cluster: a vote of 10 neighbours cannot estimate such clusters' sizes
-    # (it merged them, ARI about 0.5), so the label steps keep the equipartition.
+def test_sizes_are_estimated_with_few_rows_per_cluster_too():
+    # Four rows per cluster: the start's sizes are kept from the first label step on (by a
+    # network wide enough to tell 15 clusters apart).
     X, y = make_blobs(n_samples=[4] * 15, n_features=6, cluster_std=0.3, random_state=0)
-    model = small(n_clusters=15, n_heads=4, max_epochs=60, batch_size=16).fit(X)
-    assert dict(model.net_.callbacks_)["label_step"].estimate_sizes_from is None
+    model = SelfLabelingClusterer(15, n_heads=4, max_epochs=60, batch_size=16, random_state=0)
+    model.fit(X)
+    assert dict(model.net_.callbacks_)["label_step"].estimate_sizes_from == 0.0
     assert adjusted_rand_score(y, model.labels_) == 1.0
 
 
@@ -264,7 +264,7 @@ def test_label_schedule_is_dense_early_and_sparse_late():
 
 
 def test_initial_labels_are_a_random_equal_split():
-    from sklearn_selflabel._offline import random_equal_split
+    from sklearn_selflabel._starts import random_equal_split
 
     labels = random_equal_split(103, 10, 3, seed=0)
     assert labels.shape == (3, 103)
@@ -275,51 +275,99 @@ def test_initial_labels_are_a_random_equal_split():
 
 
 def test_mixture_start_labels_every_row_from_a_seeded_sample(monkeypatch):
-    from sklearn_selflabel import _offline
+    from sklearn_selflabel import _starts
 
     X, y = make_blobs(n_samples=600, centers=4, n_features=60, cluster_std=2.0, random_state=3)
     X = X * np.geomspace(1, 100, X.shape[1])  # columns on scales of their own
     mean, scale = X.mean(axis=0), X.std(axis=0)
 
-    def standardise(rows):
+    def standardize(rows):
         return ((rows - mean) / scale).astype(np.float32)
 
     fitted_on = []
-    original = _offline.GaussianMixture.fit
+    original = _starts.GaussianMixture.fit
 
     def recording_fit(self, rows, *args, **kwargs):
-        fitted_on.append(rows.shape)
+        fitted_on.append((rows.shape, self.covariance_type))
         return original(self, rows, *args, **kwargs)
 
-    monkeypatch.setattr(_offline, "_MIXTURE_ROWS", 250)
-    monkeypatch.setattr(_offline.GaussianMixture, "fit", recording_fit)
-    table = _offline.mixture_labels(X, 4, 3, seed=0, standardise=standardise)
-    assert table.shape == (3, 600) and table.dtype == np.int64
-    # Each head's mixture: fitted on 250 rows, on their first 50 principal components.
-    assert fitted_on == [(250, 50)] * 3
-    for head in table:
-        assert adjusted_rand_score(y, head) == 1.0
-    again = _offline.mixture_labels(X, 4, 3, seed=0, standardise=standardise)
-    np.testing.assert_array_equal(table, again)
+    monkeypatch.setattr(_starts, "MIXTURE_ROWS", 250)
+    monkeypatch.setattr(_starts.GaussianMixture, "fit", recording_fit)
+    labels = _starts.mixture_labels(X, 4, seed=0, standardize=standardize)
+    assert labels.shape == (600,) and labels.dtype == np.int64
+    # The mixture, after the cross-validated choice of its shrinkage: fitted on 250 rows,
+    # on their first 50 principal components, with full covariances.
+    assert fitted_on[-1] == ((250, 50), "full")
+    assert adjusted_rand_score(y, labels) == 1.0
+    again = _starts.mixture_labels(X, 4, seed=0, standardize=standardize)
+    np.testing.assert_array_equal(labels, again)
+
+
+def test_mixture_shrinkage_is_what_held_out_rows_support():
+    from sklearn_selflabel._starts import SHRINKAGE_GRID, shrinkage_by_likelihood
+
+    rng = np.random.default_rng(0)
+    # Elongated, correlated groups with many rows: held-out rows favour the least shrinkage.
+    cov = np.array([[4.0, 3.8], [3.8, 4.0]])
+    rows = np.vstack([rng.multivariate_normal(m, cov, 500) for m in ([0, 0], [8, -8])])
+    assert shrinkage_by_likelihood(rows, 2, rng) == SHRINKAGE_GRID[0] * rows.var(axis=0).mean()
+    # Few rows in many dimensions: full covariances follow the noise, and the most
+    # shrinkage predicts held-out rows best.
+    wide = rng.normal(size=(60, 40))
+    assert shrinkage_by_likelihood(wide, 2, rng) == SHRINKAGE_GRID[-1] * wide.var(axis=0).mean()
+
+
+def test_neighbour_agreement_scores_a_partition_along_the_links_highest():
+    from sklearn_selflabel._starts import neighbour_agreement
+
+    block = np.ones((20, 20)) - np.eye(20)
+    graph = sp.csr_matrix(sp.block_diag([block, block]))
+    along = np.repeat([0, 1], 20)
+    across = np.tile([0, 1], 20)
+    assert neighbour_agreement(along, graph) == pytest.approx(1.0)
+    assert neighbour_agreement(across, graph) < 0.0
+    assert neighbour_agreement(np.zeros(40, dtype=np.int64), graph) == pytest.approx(0.0)
+
+
+def test_held_cluster_sizes_keep_every_cluster_above_the_floor():
+    import torch
+
+    from sklearn_selflabel._offline import floored, held_cluster_weights
+    from sklearn_selflabel._starts import MIN_CLUSTER_SHARE
+
+    labels = torch.tensor([[0] * 70 + [1] * 28 + [2] * 2, [0] * 50 + [1] * 50])
+    shares = held_cluster_weights(labels, 3)
+    assert shares.shape == (2, 3)
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    floor = MIN_CLUSTER_SHARE / 3
+    # The 2-row cluster and the empty one are raised to the floor exactly; the others make
+    # room in proportion to their sizes.
+    np.testing.assert_allclose(shares[:, 2], floor)
+    np.testing.assert_allclose(shares[0, :2] / shares[0, :2].sum(), [70 / 98, 28 / 98])
+    np.testing.assert_allclose(shares[1, :2], (1 - floor) / 2)
+    # Making room can take another share below the floor; it is raised in turn.
+    np.testing.assert_allclose(floored(np.array([0.7, 0.26, 0.04, 0.0]), 0.2), [0.4, 0.2, 0.2, 0.2])
+    untouched = np.array([0.4, 0.35, 0.25])
+    np.testing.assert_allclose(floored(untouched, 0.25), untouched)
 
 
 def test_tables_start_from_a_mixture_and_keep_its_uneven_sizes():
-    # Uneven, with no class below the floor of estimated sizes (half the equal share).
-    X, y = make_blobs(n_samples=[55, 65, 90, 190], n_features=5, random_state=1)
+    # Uneven, with no class below the floor of estimated sizes (a fifth of the equal share).
+    X, y = make_blobs(n_samples=[25, 65, 90, 220], n_features=5, random_state=1)
     fits = {
         init: small(n_clusters=4, max_epochs=20, init=init).fit(X) for init in ("auto", "random")
     }
     model = fits["auto"]
     label_step = dict(model.net_.callbacks_)["label_step"]
-    assert label_step.mode.initial_labels == "mixture"
+    assert label_step.mode.starts == ("mixture",)
     assert not any(model.net_.history[: min(label_step.epochs), "label_step"])
     # The start's sizes are kept from the first label step on, with no re-partition.
     sizes = np.sort(np.bincount(model.labels_, minlength=4))
-    assert np.abs(sizes - [55, 65, 90, 190]).max() <= 5
+    assert np.abs(sizes - [25, 65, 90, 220]).max() <= 5
     assert adjusted_rand_score(y, model.labels_) > 0.95
     # init="random" keeps SeLa's start and schedule.
     random_step = dict(fits["random"].net_.callbacks_)["label_step"]
-    assert random_step.mode.initial_labels == "random" and min(random_step.epochs) == 0
+    assert random_step.mode.starts == ("random",) and min(random_step.epochs) == 0
 
 
 @pytest.mark.parametrize(
@@ -345,30 +393,35 @@ def test_init_other_than_auto_needs_an_offline_fit_and_mixture_dense_rows(
 def test_explicit_init_overrides_the_kind(blobs):
     X = np.abs(blobs[0])
     kmeans = small(init="kmeans").fit(X)
-    assert kmeans.net_.build_settings_.labels.initial_labels == "kmeans"
+    assert kmeans.net_.build_settings_.labels.starts == ("kmeans",)
     assert not any(kmeans.net_.history[:, "repartition"])
     mixture = small(init="mixture", input_kind="nonnegative").fit(X)
-    assert dict(mixture.net_.callbacks_)["label_step"].mode.initial_labels == "mixture"
+    assert dict(mixture.net_.callbacks_)["label_step"].mode.starts == ("mixture",)
     signed_sparse = small().fit(sp.csr_matrix(blobs[0]))
-    assert signed_sparse.net_.build_settings_.labels.initial_labels == "random"
+    assert signed_sparse.net_.build_settings_.labels.starts == ("random",)
 
 
-def test_auto_init_starts_only_small_tables_from_the_mixture():
+def test_auto_init_follows_the_recipe_of_the_kind():
+    from sklearn_selflabel._recipes import RECIPES
     from sklearn_selflabel._settings import resolve_settings
 
     X, _ = make_blobs(n_samples=1500, centers=3, n_features=5, random_state=0)
     X = X.astype(np.float32)
-    small_table, large_table = (resolve_settings(small(), rows) for rows in (X[:1000], X))
-    assert small_table.labels.initial_labels == "mixture"
-    assert small_table.labels.label_steps_from == 0.25 and not small_table.labels.repartition
-    assert small_table.network.augment_strength == 0.25  # half of augment_strength
-    # Above 1000 rows, SeLa's random start, schedule and re-partition, and the full noise.
-    assert large_table.labels.initial_labels == "random"
-    assert large_table.labels.label_steps_from == 0.0 and large_table.labels.repartition
-    assert large_table.network.augment_strength == 0.5
-    explicit = resolve_settings(small(init="mixture"), X)
-    assert explicit.labels.initial_labels == "mixture"
-    assert explicit.network.augment_strength == 0.25
+    table = resolve_settings(small(), X)
+    assert table.labels.starts == RECIPES["embedding"].starts == ("mixture",)
+    assert table.labels.label_steps_from == 0.25 and not table.labels.repartition
+    assert table.network.augment_strength == 0.25  # half of augment_strength
+    # Non-negative rows choose between their layout and a mixture, and train on neighbour
+    # views instead of noise.
+    pixels = resolve_settings(small(), np.abs(X))
+    assert pixels.labels.starts == ("layout", "mixture")
+    assert pixels.network.augment_strength == 0.0
+    assert pixels.propagation is not None and pixels.propagation.view_neighbors == 10
+    # SeLa's random start, schedule and re-partition, and the full noise.
+    random = resolve_settings(small(init="random"), X)
+    assert random.labels.starts == ("random",)
+    assert random.labels.label_steps_from == 0.0 and random.labels.repartition
+    assert random.network.augment_strength == 0.5
     online = resolve_settings(small(label_mode="online"), X[:500])
     assert online.network.augment_strength == 0.5
 
@@ -378,14 +431,12 @@ def test_digits_defaults_never_degenerate_and_beat_chance():
     model = SelfLabelingClusterer(n_clusters=10, random_state=0).fit(X)
     history = model.net_.history
     n_per_cluster = len(X) / 10
-    # The labels that the fit ends with keep every cluster at half its share or more, and so
-    # does every Sinkhorn step up to its hard assignment's rounding (estimated sizes floor at
-    # half the share; the re-partition by neighbour links is free of sizes by design, and the
-    # steps after it restore the floor).
+    # The labels that the fit ends with keep every cluster at a fifth of its share or more,
+    # and so does every label step up to its hard assignment's rounding.
     for row in history:
-        if row["label_step"] and not row["repartition"]:
-            assert row["min_cluster_size"] >= 0.45 * n_per_cluster, row
-    assert np.bincount(model.labels_).min() >= 0.5 * n_per_cluster
+        if row["label_step"]:
+            assert row["min_cluster_size"] >= 0.19 * n_per_cluster, row
+    assert np.bincount(model.labels_).min() >= 0.2 * n_per_cluster
     assert clustering_accuracy(y, model.labels_) > 0.6
 
 
@@ -449,7 +500,7 @@ def test_sparse_input_matches_dense_and_is_densified_batch_by_batch(blobs, monke
 
     monkeypatch.setattr(sp.csr_matrix, "toarray", recording_toarray)
     sparse = small().fit(sp.csr_matrix(X))
-    assert sparse.net_.build_settings_.labels.initial_labels == "random"
+    assert sparse.net_.build_settings_.labels.starts == ("random",)
     assert shapes and max(rows for rows, _ in shapes) <= sparse.batch_size
     np.testing.assert_array_equal(sparse.labels_, dense.labels_)
     np.testing.assert_allclose(
@@ -469,12 +520,12 @@ def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
     assert kinds == {name: name for name in fits}
     sparse = fits["sparse"].net_
     # Documents: views that drop terms, no propagation, and no re-partition by the
-    # embedding's links, though the sizes are still estimated from half the schedule on.
+    # embedding's links; the label steps keep the sizes of the KMeans start.
     assert isinstance(sparse.module_.augment, TermDropout)
     assert sparse.module_.augment.rate == 0.25
     assert sparse.build_settings_.propagation is None
     label_step = dict(sparse.callbacks_)["label_step"]
-    assert label_step.estimate_sizes_from is not None
+    assert label_step.estimate_sizes_from == 0.0
     assert label_step.repartition_epoch() is None
     assert not any(sparse.history[:, "repartition"])
     # Non-negative dense rows: propagation and neighbour views instead of noise, and a start
@@ -498,8 +549,12 @@ def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
     assert label_step.estimate_sizes_from <= min(label_step.epochs)
     assert not any(tabular.history[: min(label_step.epochs), "label_step"])
     assert not any(tabular.history[:, "repartition"])
-    starts = {name: fit.net_.build_settings_.labels.initial_labels for name, fit in fits.items()}
-    assert starts == {"tabular": "mixture", "nonnegative": "layout", "sparse": "kmeans"}
+    starts = {name: fit.net_.build_settings_.labels.starts for name, fit in fits.items()}
+    assert starts == {
+        "tabular": ("mixture",),
+        "nonnegative": ("layout", "mixture"),
+        "sparse": ("kmeans",),
+    }
 
 
 def test_sparse_linear_gives_a_sparse_batch_the_dense_output_and_gradient():

@@ -1,5 +1,7 @@
 """Image-aware mode: ``image_shape``, image views, the convolutional encoder, propagation."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -170,8 +172,8 @@ def test_propagation_parameters_are_searchable(digits):
     assert clone(search.best_estimator_).get_params()["image_shape"] == (8, 8)
 
 
-def test_auto_n_init_trains_small_image_and_small_layout_fits_twice(tmp_path, monkeypatch):
-    from sklearn_selflabel import _settings
+def test_auto_n_init_trains_small_image_fits_from_the_random_split_twice(tmp_path, monkeypatch):
+    from sklearn_selflabel import _recipes, _settings
 
     X = np.random.default_rng(0).random((40, 16)).astype(np.float32)
     params = dict(n_clusters=2, n_heads=1, embedding_dim=4, propagation=False, random_state=0)
@@ -183,19 +185,19 @@ def test_auto_n_init_trains_small_image_and_small_layout_fits_twice(tmp_path, mo
     assert n_fits(**image, max_epochs=100) == 2  # 10 batches an epoch: 1000 steps
     assert n_fits(**image, max_epochs=101) == 1
     assert n_fits(**image, max_epochs=5, checkpoint_dir=tmp_path) == 1
-    # Images start from their layout only when they are many; small sets' fits from it twice.
-    long_image = SelfLabelingClusterer(**params, image_shape=(4, 4), batch_size=4, max_epochs=101)
-    assert _settings.resolve_settings(long_image, X).labels.initial_labels == "random"
-    monkeypatch.setattr(_settings, "_MIN_IMAGE_LAYOUT_ROWS", len(X) - 1)
-    from_layout = _settings.resolve_settings(long_image, X)
-    assert from_layout.labels.initial_labels == "layout" and len(from_layout.seeds) == 2
+    # Images start from their layout only when they are many; a fit from a start, once.
+    short_image = SelfLabelingClusterer(**params, image_shape=(4, 4), batch_size=4, max_epochs=5)
+    assert _settings.resolve_settings(short_image, X).labels.starts == ("random",)
+    recipe = _recipes.RECIPES["image"]
+    monkeypatch.setitem(
+        _recipes.RECIPES, "image", dataclasses.replace(recipe, min_start_rows=len(X) - 1)
+    )
+    from_layout = _settings.resolve_settings(short_image, X)
+    assert from_layout.labels.starts == ("layout",) and len(from_layout.seeds) == 1
     flat = dict(hidden_layer_sizes=(4,), batch_size=4, max_epochs=5)
     assert n_fits(**flat, input_kind="tabular") == 1
-    # Non-negative rows start from their layout, and small data sets' fits from it twice.
-    assert n_fits(**flat) == 2
-    assert n_fits(**flat, init="random") == 1
-    monkeypatch.setattr(_settings, "_MAX_LAYOUT_RESTART_ROWS", len(X) - 1)
     assert n_fits(**flat) == 1
+    assert n_fits(**flat, init="random") == 1
 
 
 def test_auto_epochs_give_image_fits_enough_steps():

@@ -1,4 +1,4 @@
-"""The layout start: fuzzy neighbour graphs, their layout, the consensus mixture, and the start."""
+"""The layout start: fuzzy neighbour graphs, their layout, the merged mixture, and the start."""
 
 import math
 
@@ -11,9 +11,11 @@ from sklearn.metrics import adjusted_rand_score
 
 from sklearn_selflabel import _layout
 from sklearn_selflabel._layout import (
-    consensus_mixture,
     fuzzy_neighbour_graph,
+    input_neighbour_graph,
     layout_labels,
+    merged_by_links,
+    merged_mixture,
     neighbour_layout,
 )
 from sklearn_selflabel.propagation import nearest_neighbors
@@ -72,40 +74,60 @@ def test_layout_of_a_graph_with_unlinked_rows_is_finite():
     assert np.isfinite(layout).all()
 
 
-def test_consensus_mixture_keeps_the_solution_most_others_agree_with(monkeypatch):
-    points, truth = make_blobs(300, centers=3, n_features=2, cluster_std=0.3, random_state=0)
-    labels = consensus_mixture(points, 3, seed=0)
+def _chain_of_cliques(sizes: list[int], bridges: dict[tuple[int, int], int]) -> sp.csr_matrix:
+    """Cliques of the given sizes, with ``bridges[(i, j)]`` links between cliques i and j."""
+    starts = np.cumsum([0, *sizes])
+    graph = sp.lil_matrix((starts[-1], starts[-1]))
+    for i, size in enumerate(sizes):
+        block = slice(starts[i], starts[i + 1])
+        graph[block, block] = np.ones((size, size)) - np.eye(size)
+    for (i, j), n_links in bridges.items():
+        pairs = np.stack(np.meshgrid(np.arange(sizes[i]), np.arange(sizes[j]))).reshape(2, -1)
+        for a, b in pairs[:, :: pairs.shape[1] // n_links][:, :n_links].T:
+            graph[starts[i] + a, starts[j] + b] = graph[starts[j] + b, starts[i] + a] = 1.0
+    return graph.tocsr()
+
+
+def test_merging_by_link_share_joins_the_halves_of_a_category_whatever_the_sizes():
+    # A large category cut into two halves (parts 0 and 1, a fifth of whose links join the
+    # other) and two small categories (parts 2 and 3) with a few links to the rest: the
+    # halves merge, and the small categories stay clusters of their own.
+    graph = _chain_of_cliques([40, 40, 8, 6], {(0, 1): 400, (1, 2): 2, (0, 3): 1})
+    parts = np.repeat([0, 1, 2, 3], [40, 40, 8, 6])
+    positions = np.zeros((94, 2))
+    labels = merged_by_links(parts, graph, 3, positions)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, np.repeat([0, 0, 1, 2], [40, 40, 8, 6]))
+    # A fragment below the minimum size joins the group it shares most links with, before
+    # any other merge: the two halves then stay apart.
+    labels = merged_by_links(parts, graph, 3, positions, min_size=7)
+    np.testing.assert_array_equal(labels, np.repeat([0, 1, 2, 0], [40, 40, 8, 6]))
+
+
+def test_groups_without_links_merge_by_the_nearest_centroids():
+    graph = sp.csr_matrix((30, 30))
+    parts = np.repeat([0, 1, 2], 10)
+    positions = np.repeat([[0.0], [1.0], [10.0]], 10, axis=0)
+    labels = merged_by_links(parts, graph, 2, positions)
+    np.testing.assert_array_equal(labels, np.repeat([0, 0, 1], 10))
+
+
+def test_merged_mixture_finds_unequal_groups_of_a_layout():
+    # Groups of 400, 60 and 40 points: a mixture of three components tends to split the
+    # large one; the merged mixture keeps every group whole.
+    points, truth = make_blobs(
+        [400, 60, 40],
+        centers=[[0, 0], [12, 0], [0, 12]],
+        cluster_std=[2.0, 0.5, 0.5],
+        random_state=0,
+    )
+    neighbors, distances = nearest_neighbors(
+        torch.from_numpy(points).float(), 15, metric="euclidean", return_distance=True
+    )
+    graph = fuzzy_neighbour_graph(neighbors, distances)
+    labels = merged_mixture(points.astype(np.float32), graph, 3, 20, seed=0)
     assert adjusted_rand_score(truth, labels) == 1.0
-    # With most seeds finding one solution and a few another, the majority's is kept.
-    good = truth.copy()
-    bad = np.where(truth == 2, 1, truth)
-    bad[:5] = 2
-    solutions = iter([bad, good, good, good, bad, good, good, good, good, good, good, good])
-
-    class Fixed:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def fit(self, rows):
-            self.labels = next(solutions)
-            return self
-
-        def predict(self, rows):
-            return self.labels
-
-    monkeypatch.setattr(_layout, "GaussianMixture", Fixed)
-    np.testing.assert_array_equal(consensus_mixture(points, 3, seed=0), good)
-
-
-def test_consensus_mixture_of_a_float32_layout_near_a_subspace():
-    # Groups stretched along a plane of an 8-dimensional float32 layout: float32 mixtures fail
-    # to factorise their covariances (letter's layout did so).
-    rng = np.random.default_rng(0)
-    truth = np.repeat(np.arange(4), 100)
-    plane = rng.normal(size=(2, 8))
-    layout = rng.uniform(-30, 30, size=(4, 8))[truth] + 10 * rng.normal(size=(400, 2)) @ plane
-    labels = consensus_mixture(layout.astype(np.float32), 4, seed=0)
-    assert adjusted_rand_score(truth, labels) > 0.9
+    np.testing.assert_array_equal(labels, merged_mixture(points, graph, 3, 20, seed=0))
 
 
 @pytest.fixture
@@ -120,8 +142,9 @@ def _start(X, seed, **kwargs):
         X,
         4,
         seed,
-        standardise=lambda rows: (rows - mean) / scale,
-        metric="cosine",
+        standardize=lambda rows: (rows - mean) / scale,
+        input_graph=input_neighbour_graph(X, "cosine", torch.device("cpu")),
+        min_cluster_size=20,
         device=torch.device("cpu"),
         **kwargs,
     )
@@ -146,13 +169,13 @@ def test_autoencoder_takes_at_most_its_passes_over_small_data(nonnegative_blobs,
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
-    monkeypatch.setattr(_layout, "_AUTOENCODER_PASSES", 3)
     codes = _layout.autoencoder_codes(
         X,
         10,
-        standardise=lambda rows: rows,
+        standardize=lambda rows: rows,
         generator=torch.Generator().manual_seed(0),
         device=torch.device("cpu"),
+        max_passes=3,
     )
     assert codes.shape == (400, 10)
     assert len(steps) == 3 * 2  # 400 rows are two batches of 256

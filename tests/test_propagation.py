@@ -12,13 +12,11 @@ from sklearn.neighbors import NearestNeighbors
 
 from sklearn_selflabel.propagation import (
     InvariancePropagation,
-    _floored,
     _merge_densest_links,
     _merged_with_a_floor,
     hardest_positives,
     nearest_neighbors,
     neighbour_link_partition,
-    neighbour_vote_shares,
     propagate,
 )
 
@@ -111,71 +109,6 @@ def test_label_term_pulls_a_sample_towards_its_positives_labels():
     low = float(term.training_term(bank[indices], agree, indices, labels))
     high = float(term.training_term(bank[indices], -agree, indices, labels))
     assert low < 0.01 < 5 < high
-
-
-def test_neighbour_vote_returns_rows_that_an_equipartition_pushed_out_of_their_blob():
-    # Blobs of 50, 30 and 40 rows on three axes, labelled as an equal split would: 10 rows of
-    # the large blob, scattered through it, carry the label of the small one.
-    rng = np.random.default_rng(0)
-    centres = np.eye(3, 8) * 10
-    truth = np.repeat([0, 1, 2], [50, 30, 40])
-    features = torch.from_numpy(centres[truth] + rng.normal(size=(120, 8))).float()
-    labels = torch.from_numpy(truth.copy())
-    labels[rng.choice(50, size=10, replace=False)] = 1
-    assert np.allclose(np.bincount(labels.numpy()) / 120, 1 / 3)
-    shares = neighbour_vote_shares(features, labels, n_clusters=3)
-    np.testing.assert_allclose(shares, [5 / 12, 3 / 12, 4 / 12], atol=0.02)
-    assert shares.dtype == np.float64 and shares.sum() == pytest.approx(1.0)
-    # On evenly spaced rows only, the estimate stays close.
-    subsampled = neighbour_vote_shares(features, labels, n_clusters=3, max_rows=60)
-    np.testing.assert_allclose(subsampled, [5 / 12, 3 / 12, 4 / 12], atol=0.05)
-
-
-def test_neighbour_vote_keeps_a_row_on_a_tie_and_counts_empty_clusters():
-    # Two rows are each other's only neighbour: a one-to-one tie, broken by the row's own label.
-    features = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
-    shares = neighbour_vote_shares(features, torch.tensor([0, 2]), n_clusters=4, n_neighbors=1)
-    np.testing.assert_array_equal(shares, [0.5, 0.0, 0.5, 0.0])
-    # A lone row has no voters and keeps its label.
-    lone = neighbour_vote_shares(features[:1], torch.tensor([3]), n_clusters=4)
-    np.testing.assert_array_equal(lone, [0.0, 0.0, 0.0, 1.0])
-
-
-def test_neighbour_vote_per_head_matches_one_vote_per_head_and_floors_small_shares():
-    rng = np.random.default_rng(1)
-    features = torch.from_numpy(rng.normal(size=(200, 6))).float()
-    heads = torch.from_numpy(rng.integers(0, 5, size=(3, 200)))
-    together = neighbour_vote_shares(features, heads, n_clusters=5)
-    assert together.shape == (3, 5)
-    for head, shares in zip(heads, together, strict=True):
-        np.testing.assert_array_equal(shares, neighbour_vote_shares(features, head, n_clusters=5))
-    # Two rows, each the other's only neighbour, in clusters 0 and 2 of four: the empty
-    # clusters 1 and 3 are raised to the floor exactly, and the others make room.
-    pair = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
-    floored = neighbour_vote_shares(
-        pair, torch.tensor([0, 2]), n_clusters=4, n_neighbors=1, min_share=0.125
-    )
-    np.testing.assert_allclose(floored, [0.375, 0.125, 0.375, 0.125])
-
-
-def test_floored_shares_end_at_the_floor_when_making_room_pushes_another_below_it():
-    # Raising 0.04 and 0 to 0.2 scales the rest by 0.6 / 0.96, which takes 0.26 below the
-    # floor too; it is raised in turn, and 0.7 alone makes room for all three.
-    floored = _floored(np.array([0.7, 0.26, 0.04, 0.0]), 0.2)
-    np.testing.assert_allclose(floored, [0.4, 0.2, 0.2, 0.2])
-    untouched = np.array([0.4, 0.35, 0.25])
-    np.testing.assert_allclose(_floored(untouched, 0.25), untouched)
-
-
-def test_neighbour_vote_does_not_let_a_large_cluster_swallow_a_small_one():
-    # One blob whose rows carry label 0 (75%) or 1 (25%) at random: every row's neighbours
-    # are mostly 0, so a plain majority would relabel nearly all of them 0. Weighted by
-    # inverse cluster size, neighbourhoods that carry no information favour neither label.
-    rng = np.random.default_rng(0)
-    features = torch.from_numpy(rng.normal(size=(2000, 8))).float()
-    labels = torch.from_numpy((rng.random(2000) < 0.25).astype(np.int64))
-    shares = neighbour_vote_shares(features, labels, n_clusters=2)
-    np.testing.assert_allclose(shares, [0.5, 0.5], atol=0.05)
 
 
 def _on_sphere(points: np.ndarray) -> torch.Tensor:

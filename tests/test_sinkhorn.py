@@ -281,7 +281,7 @@ def test_numpy_in_numpy_out():
         res.n_iter = 3  # frozen
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_torch_in_torch_out(device, dtype):
     if device == "cuda" and not torch.cuda.is_available():

@@ -1,0 +1,55 @@
+"""What a fit does with each kind of rows, in one table: ``RECIPES[kind]``.
+
+The kind is ``"image"`` with ``image_shape``, else the kind of flat rows that ``_geometry``
+detects (or ``input_kind`` names). ``_settings`` reads the recipe to resolve every ``"auto"``
+that depends on the kind; nothing else branches on it. The user guide's "Flat rows" and
+"Images" sections say why each entry is what it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The treatment of one kind of rows.
+
+    Attributes
+    ----------
+    metric : {"euclidean", "cosine"}
+        The metric of the input rows' nearest neighbours (the layout's input graph, the first
+        positives of propagation, the neighbour views).
+    starts : tuple of str
+        The starts that ``init="auto"`` chooses from (``_starts``): with one, that start; with
+        several, the one whose clusters the input rows' neighbour links cross least.
+    min_start_rows : int
+        With fewer rows, ``init="auto"`` gives SeLa's random equal split instead.
+    views : {"noise", "neighbours", "terms", "affine"}
+        The training views: Gaussian noise and masked features, a point between a row and one
+        of its input neighbours, dropped terms, or random affine warps of images.
+    propagation : bool
+        Whether ``propagation="auto"`` turns invariance propagation on.
+    repartition : bool
+        Whether a fit from the random start re-partitions its labels by the embedding's
+        neighbour links at half the schedule (with ``cluster_sizes="estimated"``).
+    """
+
+    metric: str
+    starts: tuple[str, ...]
+    views: str
+    propagation: bool
+    repartition: bool = True
+    min_start_rows: int = 0
+
+
+RECIPES: dict[str, Recipe] = {
+    # Columns on scales of their own, and signed features on a common scale.
+    "tabular": Recipe("euclidean", ("mixture",), "noise", propagation=False),
+    "embedding": Recipe("euclidean", ("mixture",), "noise", propagation=False),
+    # Pixels, histograms, the features of a network with ReLU outputs.
+    "nonnegative": Recipe("cosine", ("layout", "mixture"), "neighbours", propagation=True),
+    # Documents: TF-IDF or counts.
+    "sparse": Recipe("cosine", ("kmeans",), "terms", propagation=False, repartition=False),
+    "image": Recipe("cosine", ("layout",), "affine", propagation=True, min_start_rows=5_001),
+}

@@ -1,0 +1,212 @@
+"""The labels that an offline fit starts from (``init``): a clustering of the input rows, or
+SeLa's random equal split.
+
+Each start returns a label table of shape ``(n_heads, n_samples)``. ``"mixture"`` and
+``"layout"`` (``_layout``) give every head the same clustering: the heads then differ by what
+their label steps make of it. ``"kmeans"`` and ``"random"`` draw each head from a seed of its
+own, as SeLa's heads are.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import normalize
+
+from ._data import chunked_rows
+from ._layout import input_neighbour_graph, layout_labels
+
+# The smallest cluster that a start forms and that estimated sizes keep, as a share of the
+# equal share: a smaller group of rows is taken for a fragment of a category.
+MIN_CLUSTER_SHARE = 0.2
+
+# The mixture start is fitted on at most this many rows (a seeded sample; all rows are then
+# labelled by it), on their leading principal components when the rows are wider.
+MIXTURE_ROWS = 10_000
+MIXTURE_COMPONENTS = 50
+# Covariance shrinkage of the mixture start: candidates, in units of the average variance of
+# a feature, and the rows (at most) and folds of the cross-validated likelihood that picks one.
+SHRINKAGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+_SHRINKAGE_ROWS = 2_000
+_SHRINKAGE_FOLDS = 3
+# Initialisations of the mixture start; the most likely one is kept.
+_MIXTURE_INITS = 2
+
+
+def initial_labels(
+    X,
+    starts: tuple[str, ...],
+    n_clusters: int,
+    n_heads: int,
+    seed: int,
+    *,
+    module: torch.nn.Module,
+    metric: str,
+    device: torch.device,
+    fast_dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """The label table ``(n_heads, n_samples)`` that a fit of the rows ``X`` starts from.
+
+    ``starts`` names one start (``"random"``, ``"kmeans"``, ``"mixture"`` or ``"layout"``), or
+    several clusterings of dense rows, of which the one with the highest
+    ``neighbour_agreement`` on the input rows' neighbour graph (in ``metric``) is kept.
+    ``module`` standardizes the rows as the network sees them.
+    """
+    if starts == ("random",):
+        return random_equal_split(X.shape[0], n_clusters, n_heads, seed)
+    if starts == ("kmeans",):
+        return kmeans_labels(X, n_clusters, n_heads, seed)
+    standardize = standardized_by(module, device)
+    graph = None
+    if "layout" in starts or len(starts) > 1:
+        graph = input_neighbour_graph(X, metric, device)
+    candidates = []
+    for start in starts:
+        if start == "mixture":
+            labels = mixture_labels(X, n_clusters, seed, standardize)
+        else:
+            labels = layout_labels(
+                X,
+                n_clusters,
+                seed,
+                standardize=module.standardise,
+                input_graph=graph,
+                min_cluster_size=MIN_CLUSTER_SHARE * X.shape[0] / n_clusters,
+                device=device,
+                fast_dtype=fast_dtype,
+            )
+        candidates.append(labels)
+    best = max(range(len(candidates)), key=lambda i: neighbour_agreement(candidates[i], graph))
+    return np.tile(candidates[best], (n_heads, 1))
+
+
+def neighbour_agreement(labels: np.ndarray, graph: sp.csr_matrix | None) -> float:
+    """How much more of the link weight of ``graph`` stays within the clusters of ``labels``
+    than if the rows' clusters were shuffled: ``(within - chance) / (1 - chance)``, with
+    ``chance`` the sum of the clusters' squared shares of the weight (graph modularity, scaled
+    so that a partition along the links scores 1)."""
+    if graph is None:
+        return 0.0
+    graph = sp.coo_matrix(graph)
+    total = graph.data.sum()
+    if total <= 0:
+        return 0.0
+    within = graph.data[labels[graph.row] == labels[graph.col]].sum() / total
+    degree = np.bincount(graph.row, weights=graph.data, minlength=len(labels))
+    shares = np.bincount(labels, weights=degree) / total
+    chance = float((shares**2).sum())
+    return float((within - chance) / max(1.0 - chance, 1e-12))
+
+
+def random_equal_split(n_samples: int, n_clusters: int, n_heads: int, seed: int) -> np.ndarray:
+    """SeLa's initial labels: a random permutation of an equal split, per head, ``(n_heads, n)``."""
+    rng = np.random.default_rng(seed)
+    equal = np.arange(n_samples) % n_clusters
+    return np.stack([rng.permutation(equal) for _ in range(n_heads)])
+
+
+def kmeans_labels(X, n_clusters: int, n_heads: int, seed: int) -> np.ndarray:
+    """Initial labels in the cosine geometry: per head, KMeans (one initialisation, a seed of
+    its own) of the L2-normalised rows of ``X``, shape ``(n_heads, n_samples)``."""
+    rows = normalize(X if sp.issparse(X) else np.vstack(list(chunked_rows(X))))
+    seeds = np.random.default_rng(seed).integers(np.iinfo(np.int32).max, size=n_heads)
+    table = [KMeans(n_clusters, n_init=1, random_state=int(s)).fit_predict(rows) for s in seeds]
+    return np.stack(table).astype(np.int64)
+
+
+def mixture_labels(
+    X,
+    n_clusters: int,
+    seed: int,
+    standardize: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Labels of the dense rows of ``X`` from a Gaussian mixture with full covariances, shrunk
+    towards a multiple of the identity, of the rows as ``standardize`` scales them.
+
+    The mixture is fitted on at most ``MIXTURE_ROWS`` rows (a sample drawn from ``seed``),
+    projected on their first ``MIXTURE_COMPONENTS`` principal components when wider; the
+    shrinkage (``reg_covar``, from ``SHRINKAGE_GRID``) is the one with the highest
+    cross-validated likelihood (``shrinkage_by_likelihood``); of ``_MIXTURE_INITS``
+    initialisations the most likely is kept, and labels every row. Returns shape
+    ``(n_samples,)``, int64.
+    """
+    rng = np.random.default_rng(seed)
+    n_samples = X.shape[0]
+    sample = np.sort(rng.choice(n_samples, size=min(n_samples, MIXTURE_ROWS), replace=False))
+    rows = np.asarray(standardize(np.asarray(X[sample], dtype=np.float32)), dtype=np.float64)
+    projection = None
+    if rows.shape[1] > MIXTURE_COMPONENTS:
+        projection = PCA(min(MIXTURE_COMPONENTS, len(rows)), random_state=seed).fit(rows)
+        rows = projection.transform(rows)
+    shrinkage = shrinkage_by_likelihood(rows, n_clusters, rng)
+    with warnings.catch_warnings():
+        # A start need not be a converged mixture: training refines it.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mixture = GaussianMixture(
+            n_clusters,
+            reg_covar=shrinkage,
+            n_init=_MIXTURE_INITS,
+            random_state=int(rng.integers(2**31)),
+        ).fit(rows)
+    labels = np.empty(n_samples, dtype=np.int64)
+    start = 0
+    for chunk in chunked_rows(X):
+        rows = np.asarray(standardize(chunk.astype(np.float32)), dtype=np.float64)
+        if projection is not None:
+            rows = projection.transform(rows)
+        labels[start : start + len(rows)] = mixture.predict(rows)
+        start += len(rows)
+    return labels
+
+
+def shrinkage_by_likelihood(rows: np.ndarray, n_clusters: int, rng: np.random.Generator) -> float:
+    """The ``reg_covar`` of ``SHRINKAGE_GRID`` (scaled by the rows' average feature variance)
+    under which a full-covariance mixture of ``rows`` gives held-out rows the highest mean
+    log-likelihood (``_SHRINKAGE_FOLDS``-fold cross-validation on at most ``_SHRINKAGE_ROWS``
+    rows).
+
+    Full covariances fit elongated and unequal clusters that KMeans and shared covariances
+    cut wrongly, but with few rows per component they follow noise; the shrinkage that
+    predicts unseen rows best is as much as the rows support.
+    """
+    n_rows = min(len(rows), _SHRINKAGE_ROWS)
+    rows = rows[np.sort(rng.choice(len(rows), size=n_rows, replace=False))]
+    unit = float(rows.var(axis=0).mean()) or 1.0
+    if n_rows < _SHRINKAGE_FOLDS * n_clusters:
+        return SHRINKAGE_GRID[-1] * unit  # too few rows to compare: the most shrinkage
+    splitter = KFold(_SHRINKAGE_FOLDS, shuffle=True, random_state=int(rng.integers(2**31)))
+    folds = list(splitter.split(rows))
+    seed = int(rng.integers(2**31))
+    scores = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for shrinkage in SHRINKAGE_GRID:
+            held_out = [
+                GaussianMixture(n_clusters, reg_covar=shrinkage * unit, random_state=seed)
+                .fit(rows[train])
+                .score(rows[test])
+                for train, test in folds
+            ]
+            scores.append(np.mean(held_out))
+    return SHRINKAGE_GRID[int(np.argmax(scores))] * unit
+
+
+def standardized_by(module: torch.nn.Module, device) -> Callable[[np.ndarray], np.ndarray]:
+    """Dense raw rows -> the rows in the units that ``module``'s encoder sees, as float32."""
+
+    def standardize(rows: np.ndarray) -> np.ndarray:
+        # A copy: torch warns on read-only arrays (a pandas frame's values, a memmap).
+        batch = torch.tensor(rows, dtype=torch.float32, device=device)
+        with torch.no_grad():
+            return module.standardise(batch).cpu().numpy()
+
+    return standardize
