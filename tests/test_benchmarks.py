@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_script(name: str):
+    # As `python benchmarks/NAME.py` does: the scripts import their neighbours (suite_data).
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
@@ -128,7 +132,8 @@ def test_quality_baseline_on_a_table_with_fewer_features_than_pca_components(tmp
 def test_bench_fit_child_imports_the_package_of_the_tree_it_is_given(tmp_path):
     bench_fit = load_script("bench_fit")
     # The image fit of digits: no layout start to build, so that the child is quick.
-    spec = dict(config="digits-image", seed=0, threads=1, data_dir=str(tmp_path))
+    spec = dict(config="digits-image", seed=0, threads=1, device="cpu", tiny=False)
+    spec["data_dir"] = str(tmp_path)
     # A copy of the package elsewhere stands for another revision's checkout.
     shutil.copytree(bench_fit.ROOT / "sklearn_selflabel", tmp_path / "sklearn_selflabel")
     settings = (bench_fit.ROOT / "sklearn_selflabel" / "_settings.py").read_text()
@@ -192,3 +197,54 @@ def test_n_clusters_table_marks_the_estimate_and_counts_hits():
     assert "Seed 0: exact K on 1 of 2 sets; within 25% on 1 of 2." in table
     another_seed = n_clusters.table([record, exact, {**exact, "seed": 1, "estimated_k": 4}])
     assert "Seed 1: exact K on 0 of 1 sets; within 25% on 0 of 1." in another_seed
+
+
+def test_long_tailed_keeps_the_first_rows_of_each_class_by_an_imbalance_of_ten():
+    suite_data = load_script("suite_data")
+    y = np.repeat(np.arange(10), 1200)[np.random.default_rng(0).permutation(12000)]
+    kept = suite_data.long_tailed(y)
+    counts = np.bincount(y[kept], minlength=10)
+    assert counts[0] == 1000 and counts[9] == 100
+    assert counts.tolist() == [round(1000 * 10 ** (-i / 9)) for i in range(10)]
+    first_of_class_5 = np.flatnonzero(y == 5)[: counts[5]]
+    assert set(first_of_class_5) <= set(kept)
+
+
+def test_suite_runs_resumes_and_counts_the_sets_at_or_above(tmp_path):
+    log, output = tmp_path / "suite.jsonl", tmp_path / "suite.md"
+    command = [
+        sys.executable, str(BENCHMARKS / "suite.py"), "--data-dir", str(tmp_path),
+        "--sets", "iris", "wine", "--seeds", "0", "--jobs", "1",
+        "--methods", "SelfLabelingClusterer", "KMeans",
+        "--params", '{"max_epochs": 2}', "--log", str(log), "--output", str(output),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((r["data"], r["method"]) for r in records) == [
+        ("iris", "KMeans"), ("iris", "SelfLabelingClusterer"),
+        ("wine", "KMeans"), ("wine", "SelfLabelingClusterer"),
+    ]  # fmt: skip
+    report = output.read_text()
+    rows = {table_cells(line)[0]: line for line in report.splitlines() if line.startswith("| ")}
+    assert "iris" in rows and "wine" in rows
+    n_at = sum(r["acc"] >= k["acc"] - 0.005 for r in records for k in records
+               if r["method"] == "SelfLabelingClusterer" and k["method"] == "KMeans"
+               and k["data"] == r["data"])  # fmt: skip
+    assert report.rstrip().endswith(f"At or above the best classical method on {n_at} of 2 sets.")
+    rerun = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "4 fits on record, 0 to run" in rerun.stdout
+    assert len(log.read_text().splitlines()) == 4
+
+
+def test_gpu_check_dry_run_writes_a_results_file_that_says_no_gpu_was_measured(tmp_path):
+    output = tmp_path / "gpu.md"
+    script = BENCHMARKS / "gpu_check.sh"
+    command = ["bash", str(script), "--cpu-only", "--tiny", "--data-dir", str(tmp_path)]
+    subprocess.run([*command, "--output", str(output)], check=True, capture_output=True)
+    text = output.read_text()
+    assert "**No GPU was measured**" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "fit s" not in line]
+    assert any("digits (1797 x 64), flat rows" in row for row in rows)
+    assert any("online mode" in row for row in rows)
+    for row in rows:
+        assert float(table_cells(row)[1].split(" ")[0]) > 0
