@@ -87,8 +87,8 @@ class SelfLabelingClusterer(
     module_params : dict or None, default=None
         Keyword arguments for ``module``. Tune them with ``GridSearchCV`` by listing dicts.
     max_epochs : int or "auto", default="auto"
-        Number of training epochs (passes over the data). ``"auto"``: 120; with
-        ``image_shape``, enough epochs for at least 960 mini-batch steps, between 60 and 120.
+        Number of training epochs (passes over the data). ``"auto"``: enough epochs for at
+        least 3000 mini-batch steps (960 with ``image_shape``), between 60 and 120.
     batch_size : int or "auto", default="auto"
         Mini-batch size for training and the batch size of inference. ``"auto"``: 256 in
         offline mode, 1024 in online mode.
@@ -110,36 +110,33 @@ class SelfLabelingClusterer(
     cluster_sizes : {"equal", "estimated"}, default="estimated"
         Cluster sizes that the label steps aim at. ``"equal"``: SeLa's equipartition in every
         step, and in the last one, run on the trained network to fix what ``predict`` gives
-        (see ``logit_offsets_``). ``"estimated"``: the equipartition up to half the epoch of
-        the last scheduled step; then one step re-partitions every head by the embedding's
-        nearest-neighbour links (``propagation.neighbour_link_partition``; not for sparse
-        rows, which keep their labels), and the later steps and the last one aim at the
-        sizes that a vote of each row's 10 nearest neighbours in the embedding supports (at
-        least half the equal share each, in the last step's hard labels too). Offline mode
-        only; a ``partial_fit`` chunk is labelled with equal sizes, its last step with
-        estimated ones.
-        With fewer than 20 rows per cluster on average, the label steps aim at equal sizes.
-        A fit from a clustering of the rows (``init="mixture"`` or ``"layout"``) aims at
-        estimated sizes from its first label step on, without the re-partition.
+        (see ``logit_offsets_``). ``"estimated"``: each step keeps the sizes of the head's
+        current clusters, none below a fifth of the equal share, and the last step tops any
+        cluster short of that floor up to it. From ``init="random"``, the steps aim at equal
+        sizes up to half the epoch of the last scheduled step, where one step re-partitions
+        every head by the embedding's nearest-neighbour links
+        (``propagation.neighbour_link_partition``); from a clustering of the rows, the steps
+        keep its sizes from the first on. Offline mode only; a ``partial_fit`` chunk is
+        labelled with equal sizes, its last step with estimated ones.
     init : {"auto", "random", "kmeans", "mixture", "layout"}, default="auto"
         The labels that an offline ``fit`` starts from, for every head from a seed of its
-        own. ``"random"``: SeLa's random equal split. ``"kmeans"``: KMeans of the L2-normalised
-        rows (cosine geometry). ``"mixture"``: a Gaussian mixture with one covariance shared
-        by its components of the rows as the network sees them (standardised), fitted on at
+        own or one clustering for all. ``"random"``: SeLa's random equal split, per head.
+        ``"kmeans"``: KMeans of the L2-normalised rows (cosine geometry), per head.
+        ``"mixture"``: a Gaussian mixture with full covariances, shrunk by the amount that
+        cross-validated likelihood picks, of the rows as the network sees them, fitted on at
         most 10,000 of them and their first 50 principal components; dense rows only.
-        ``"layout"``: every head the same clustering of a layout of the rows, as N2D finds
-        it: an autoencoder's codes of the standardised rows, the nearest-neighbour links that
-        the codes and the input rows agree on, UMAP's layout of those links in ``n_clusters``
-        dimensions, and of 12 Gaussian mixtures of the layout the one that agrees best with
-        the others; dense rows only. A start from a clustering is not re-partitioned by the
-        embedding's links; from ``"mixture"`` or ``"layout"`` the first label step waits for
-        a quarter of the epochs and the steps aim at estimated sizes from the first one on,
-        and from ``"mixture"`` noise views are half as strong. ``"auto"``: ``"layout"`` for
-        images (``image_shape``) of more than 5,000 rows and dense non-negative rows
-        (``input_kind="nonnegative"``), ``"mixture"`` for dense tabular and embedding rows of
-        at most 1,000 rows, ``"kmeans"`` for sparse rows (``input_kind="sparse"``),
-        ``"random"`` otherwise. Online mode and ``partial_fit`` need ``"auto"``: they label
-        each batch or chunk from the network.
+        ``"layout"``: a clustering of a layout of the rows, as N2D finds it: an autoencoder's
+        codes, the nearest-neighbour links that the codes and the input rows agree on, UMAP's
+        layout of those links in ``n_clusters`` dimensions, cut by a Gaussian mixture into
+        ``2 * n_clusters`` parts that merge by their links; dense rows only. From
+        ``"mixture"`` or ``"layout"`` the first label step waits for a quarter of the epochs
+        and until the network agrees with 90% of the labels, and from ``"mixture"`` noise
+        views are half as strong. ``"auto"``: the start of the kind's recipe (the user guide's
+        "Flat rows"): ``"mixture"`` for tabular and embedding rows, ``"layout"`` or
+        ``"mixture"`` for non-negative dense rows (the one whose clusters the input rows'
+        neighbour links cross least), ``"kmeans"`` for sparse rows, ``"layout"`` for images
+        (``image_shape``) of more than 5,000 rows and ``"random"`` for fewer. Online mode
+        and ``partial_fit`` need ``"auto"``: they label each batch or chunk from the network.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular and embedding rows: Gaussian noise of this
         many standard deviations per feature (half as many from ``init="mixture"``), and each
@@ -156,12 +153,10 @@ class SelfLabelingClusterer(
         Euclidean neighbours. ``"nonnegative"``: non-negative features on a common range
         (pixels, histograms, counts), one scale for all, cosine neighbours. ``"sparse"``:
         non-negative sparse rows (TF-IDF, counts), each L2-normalised, cosine neighbours, batches
-        that stay sparse into the first layer, KMeans initial labels, views that drop terms, and no
-        re-partition by the embedding's links. Non-negative dense rows start from their layout
-        (``init``) and train with invariance propagation and neighbour views
-        (``propagation="auto"``); tables and embeddings with noise views, small ones from a Gaussian
-        mixture of their rows (``init``). ``"auto"`` detects the kind from the data (the user guide
-        gives the rule).
+        that stay sparse into the first layer, KMeans initial labels and views that drop terms.
+        Non-negative dense rows train with invariance propagation and neighbour views
+        (``propagation="auto"``); tables and embeddings with noise views. ``"auto"`` detects
+        the kind from the data (the user guide gives the rule and each kind's recipe).
     image_shape : tuple of int or None, default=None
         ``(height, width)`` or ``(channels, height, width)`` when the rows are images
         flattened in that order. It turns on image-aware mode: training views are random
@@ -209,7 +204,9 @@ class SelfLabelingClusterer(
         trains on its share of the batches; the online label step sums its cluster masses
         over processes. Needs ``propagation=False`` in offline mode.
     device : str, default="auto"
-        Torch device; ``"auto"`` picks CUDA when available, else the CPU.
+        Torch device; ``"auto"`` picks CUDA when it is available and the rows hold at least
+        2,000,000 values (``n_samples * n_features``), else the CPU, which is faster for
+        smaller problems.
     mixed_precision : bool or "auto", default="auto"
         Train with bfloat16 autocast (the weights stay float32; ``predict``, ``transform``,
         ``score`` and the last label step compute in float32). ``"auto"``: for image fits
@@ -219,9 +216,8 @@ class SelfLabelingClusterer(
     n_init : int or "auto", default="auto"
         Number of times the network is trained from different seeds; the fit with the highest
         ``score`` on the training rows is kept, as ``KMeans`` keeps the lowest inertia.
-        ``"auto"``: 2 for image fits (``image_shape``) of at most 1000 optimizer steps
-        (``max_epochs`` times the batches per epoch) and for fits from ``init="layout"`` of
-        at most 5,000 rows, else 1, and always 1 with
+        ``"auto"``: 2 for image fits (``image_shape``) from the random split of at most 1000
+        optimizer steps (``max_epochs`` times the batches per epoch), else 1, and always 1 with
         ``checkpoint_dir``, in online mode or with an ``accelerator``, none of which an
         integer above 1 can be combined with.
     random_state : int, RandomState instance or None, default=None
