@@ -21,8 +21,9 @@ class Recipe:
         The metric of the input rows' nearest neighbours (the layout's input graph, the first
         positives of propagation, the neighbour views).
     starts : tuple of str
-        The starts that ``init="auto"`` chooses from (``_starts``): with one, that start; with
-        several, the one whose clusters the input rows' neighbour links cross least.
+        The starts that ``init="auto"`` chooses from (``_starts``), cheapest first: with one,
+        that start; with several, the first whose clusters the input rows' neighbour links
+        cross almost nowhere, else the one that they cross least.
     min_start_rows : int
         With fewer rows, ``init="auto"`` gives SeLa's random equal split instead.
     views : {"noise", "neighbours", "terms", "affine"}
@@ -48,7 +49,7 @@ RECIPES: dict[str, Recipe] = {
     "tabular": Recipe("euclidean", ("mixture",), "noise", propagation=False),
     "embedding": Recipe("euclidean", ("mixture",), "noise", propagation=False),
     # Pixels, histograms, the features of a network with ReLU outputs.
-    "nonnegative": Recipe("cosine", ("layout", "mixture"), "neighbours", propagation=True),
+    "nonnegative": Recipe("cosine", ("mixture", "layout"), "neighbours", propagation=True),
     # Documents: TF-IDF or counts.
     "sparse": Recipe("cosine", ("kmeans",), "terms", propagation=False, repartition=False),
     "image": Recipe("cosine", ("layout",), "affine", propagation=True, min_start_rows=5_001),

@@ -28,6 +28,11 @@ from ._layout import input_neighbour_graph, layout_labels
 # The smallest cluster that a start forms and that estimated sizes keep, as a share of the
 # equal share: a smaller group of rows is taken for a fragment of a category.
 MIN_CLUSTER_SHARE = 0.2
+# A start whose clusters keep this share of the input rows' neighbour-link weight (adjusted
+# for chance) already separates the rows as their neighbours do: no costlier start is built.
+# Measured so, the layout, which is built from those links, wins close calls that it loses on
+# the labels (ResNet-18 features of MVTec: layout 0.998 at ACC 0.87, mixture 0.997 at 0.996).
+SEPARATED_AGREEMENT = 0.98
 
 # The mixture start is fitted on at most this many rows (a seeded sample; all rows are then
 # labelled by it), on their leading principal components when the rows are wider.
@@ -57,22 +62,22 @@ def initial_labels(
     """The label table ``(n_heads, n_samples)`` that a fit of the rows ``X`` starts from.
 
     ``starts`` names one start (``"random"``, ``"kmeans"``, ``"mixture"`` or ``"layout"``), or
-    several clusterings of dense rows, of which the one with the highest
-    ``neighbour_agreement`` on the input rows' neighbour graph (in ``metric``) is kept.
+    several clusterings of dense rows, cheapest first, scored by ``neighbour_agreement`` on
+    the input rows' neighbour graph (in ``metric``): the first that scores at least
+    ``SEPARATED_AGREEMENT`` is kept without building the others, else the best.
     ``module`` standardizes the rows as the network sees them.
     """
     if starts == ("random",):
         return random_equal_split(X.shape[0], n_clusters, n_heads, seed)
     if starts == ("kmeans",):
         return kmeans_labels(X, n_clusters, n_heads, seed)
-    standardize = standardized_by(module, device)
     graph = None
     if "layout" in starts or len(starts) > 1:
         graph = input_neighbour_graph(X, metric, device)
-    candidates = []
+    best, best_score = None, -np.inf
     for start in starts:
         if start == "mixture":
-            labels = mixture_labels(X, n_clusters, seed, standardize)
+            labels = mixture_labels(X, n_clusters, seed, standardized_by(module, device))
         else:
             labels = layout_labels(
                 X,
@@ -84,9 +89,14 @@ def initial_labels(
                 device=device,
                 fast_dtype=fast_dtype,
             )
-        candidates.append(labels)
-    best = max(range(len(candidates)), key=lambda i: neighbour_agreement(candidates[i], graph))
-    return np.tile(candidates[best], (n_heads, 1))
+        if len(starts) == 1:
+            return np.tile(labels, (n_heads, 1))
+        score = neighbour_agreement(labels, graph)
+        if score > best_score:
+            best, best_score = labels, score
+        if score >= SEPARATED_AGREEMENT:
+            break
+    return np.tile(best, (n_heads, 1))
 
 
 def neighbour_agreement(labels: np.ndarray, graph: sp.csr_matrix | None) -> float:

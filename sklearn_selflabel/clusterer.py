@@ -132,9 +132,9 @@ class SelfLabelingClusterer(
         ``"mixture"`` or ``"layout"`` the first label step waits for a quarter of the epochs
         and until the network agrees with 90% of the labels, and from ``"mixture"`` noise
         views are half as strong. ``"auto"``: the start of the kind's recipe (the user guide's
-        "Flat rows"): ``"mixture"`` for tabular and embedding rows, ``"layout"`` or
-        ``"mixture"`` for non-negative dense rows (the one whose clusters the input rows'
-        neighbour links cross least), ``"kmeans"`` for sparse rows, ``"layout"`` for images
+        "Flat rows"): ``"mixture"`` for tabular and embedding rows, ``"mixture"`` for
+        non-negative dense rows where its clusters keep 98% of the input rows' neighbour
+        links, else of it and ``"layout"`` the one whose clusters keep more, ``"kmeans"`` for sparse rows, ``"layout"`` for images
         (``image_shape``) of more than 5,000 rows and ``"random"`` for fewer. Online mode
         and ``partial_fit`` need ``"auto"``: they label each batch or chunk from the network.
     augment_strength : float, default=0.5

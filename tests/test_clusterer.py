@@ -329,6 +329,32 @@ def test_neighbour_agreement_scores_a_partition_along_the_links_highest():
     assert neighbour_agreement(np.zeros(40, dtype=np.int64), graph) == pytest.approx(0.0)
 
 
+def test_a_start_that_separates_the_rows_as_their_links_do_is_kept_without_the_costlier_one(
+    monkeypatch,
+):
+    from sklearn_selflabel import _starts
+
+    X, y = make_blobs(300, centers=3, n_features=6, cluster_std=0.3, random_state=0)
+    X = np.abs(X).astype(np.float32)
+    module = torch.nn.Module()
+    module.standardise = lambda rows: rows
+    built = []
+
+    def layout(X, n_clusters, seed, **kwargs):
+        built.append("layout")
+        return y.astype(np.int64)  # the blobs, as a layout that found them would give
+
+    monkeypatch.setattr(_starts, "layout_labels", layout)
+    settings = dict(module=module, metric="euclidean", device=torch.device("cpu"))
+    table = _starts.initial_labels(X, ("mixture", "layout"), 3, 2, 0, **settings)
+    assert adjusted_rand_score(y, table[0]) == 1.0 and built == []
+    # A mixture that cuts the rows' links: the layout is built, and kept for cutting fewer.
+    scrambled = np.random.default_rng(0).integers(3, size=len(y))
+    monkeypatch.setattr(_starts, "mixture_labels", lambda *args, **kwargs: scrambled)
+    table = _starts.initial_labels(X, ("mixture", "layout"), 3, 2, 0, **settings)
+    assert built == ["layout"] and (table == y).all()
+
+
 def test_held_cluster_sizes_keep_every_cluster_above_the_floor():
     import torch
 
@@ -411,10 +437,10 @@ def test_auto_init_follows_the_recipe_of_the_kind():
     assert table.labels.starts == RECIPES["embedding"].starts == ("mixture",)
     assert table.labels.label_steps_from == 0.25 and not table.labels.repartition
     assert table.network.augment_strength == 0.25  # half of augment_strength
-    # Non-negative rows choose between their layout and a mixture, and train on neighbour
+    # Non-negative rows choose between a mixture and their layout, and train on neighbour
     # views instead of noise.
     pixels = resolve_settings(small(), np.abs(X))
-    assert pixels.labels.starts == ("layout", "mixture")
+    assert pixels.labels.starts == ("mixture", "layout")
     assert pixels.network.augment_strength == 0.0
     assert pixels.propagation is not None and pixels.propagation.view_neighbors == 10
     # SeLa's random start, schedule and re-partition, and the full noise.
@@ -552,7 +578,7 @@ def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
     starts = {name: fit.net_.build_settings_.labels.starts for name, fit in fits.items()}
     assert starts == {
         "tabular": ("mixture",),
-        "nonnegative": ("layout", "mixture"),
+        "nonnegative": ("mixture", "layout"),
         "sparse": ("kmeans",),
     }
 
