@@ -134,8 +134,9 @@ class SelfLabelingClusterer(
         views are half as strong. ``"auto"``: the start of the kind's recipe (the user guide's
         "Flat rows"): ``"mixture"`` for tabular and embedding rows, ``"mixture"`` for
         non-negative dense rows where its clusters keep 98% of the input rows' neighbour
-        links, else of it and ``"layout"`` the one whose clusters keep more, ``"kmeans"`` for sparse rows, ``"layout"`` for images
-        (``image_shape``) of more than 5,000 rows and ``"random"`` for fewer. Online mode
+        links, else of it and ``"layout"`` the one whose clusters keep more, ``"kmeans"``
+        for sparse rows, ``"layout"`` for images (``image_shape``) of more than 5,000 rows
+        and ``"random"`` for fewer. Online mode
         and ``partial_fit`` need ``"auto"``: they label each batch or chunk from the network.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular and embedding rows: Gaussian noise of this
