@@ -223,7 +223,8 @@ class LabelStep(Callback):
     (``neighbour_link_partition``), its clusters renamed to agree with that head's labels. That
     undoes what the equipartition forces on unequal categories (a large one split, two small
     ones merged), which the later steps could not undo. Every epoch records in the history:
-    ``label_step`` and ``repartition`` (bools), ``labels_changed`` (fraction of (head, row)
+    ``label_step`` (whether a step ran: a scheduled step that waits for the network to learn
+    its start does not) and ``repartition`` (bools), ``labels_changed`` (fraction of (head, row)
     labels that changed, 0 without a step), ``min_cluster_size`` and ``max_cluster_size``
     (over all heads), at a step ``label_step_seconds`` (the whole step: forward pass and
     solver), and at a Sinkhorn step ``sinkhorn_n_iter``, ``sinkhorn_error`` and
@@ -309,24 +310,27 @@ class LabelStep(Callback):
         epoch = len(net.history) - 1
         changed = 0.0
         repartition = epoch == self.repartition_epoch()
+        stepped = False
         if epoch in self.epochs:
             start = time.perf_counter()
             if repartition:
                 labels = self.repartition(net, dataset_train.X)
             else:
                 result = self.solve(net, dataset_train.X)
-                labels = net.label_table_ if result is None else result.labels
+                labels = None if result is None else result.labels
                 if result is not None:
                     net.history.record("sinkhorn_n_iter", result.n_iter)
                     net.history.record("sinkhorn_seconds", self.solver_seconds_)
                     net.history.record("sinkhorn_error", result.marginal_error)
-            changed = (labels != net.label_table_).float().mean().item()
-            net.label_table_ = labels
-            net.history.record("label_step_seconds", time.perf_counter() - start)
+            if labels is not None:  # None: the network has not learned its start yet
+                stepped = True
+                changed = (labels != net.label_table_).float().mean().item()
+                net.label_table_ = labels
+                net.history.record("label_step_seconds", time.perf_counter() - start)
         sizes = torch.stack(
             [torch.bincount(head, minlength=self.mode.n_clusters) for head in net.label_table_]
         )
-        net.history.record("label_step", epoch in self.epochs)
+        net.history.record("label_step", stepped)
         net.history.record("repartition", repartition)
         net.history.record("labels_changed", changed)
         net.history.record("min_cluster_size", int(sizes.min()))
