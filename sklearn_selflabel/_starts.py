@@ -99,13 +99,11 @@ def initial_labels(
     return np.tile(best, (n_heads, 1))
 
 
-def neighbour_agreement(labels: np.ndarray, graph: sp.csr_matrix | None) -> float:
+def neighbour_agreement(labels: np.ndarray, graph: sp.csr_matrix) -> float:
     """How much more of the link weight of ``graph`` stays within the clusters of ``labels``
     than if the rows' clusters were shuffled: ``(within - chance) / (1 - chance)``, with
     ``chance`` the sum of the clusters' squared shares of the weight (graph modularity, scaled
     so that a partition along the links scores 1)."""
-    if graph is None:
-        return 0.0
     graph = sp.coo_matrix(graph)
     total = graph.data.sum()
     if total <= 0:
