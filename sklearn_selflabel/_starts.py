@@ -144,13 +144,17 @@ def mixture_labels(
     projected on their first ``MIXTURE_COMPONENTS`` principal components when wider; the
     shrinkage (``reg_covar``, from ``SHRINKAGE_GRID``) is the one with the highest
     cross-validated likelihood (``shrinkage_by_likelihood``); of ``_MIXTURE_INITS``
-    initialisations the most likely is kept, and labels every row. Returns shape
-    ``(n_samples,)``, int64.
+    initialisations the most likely is kept, and labels every row. The mixture is fitted to
+    the rows spread uniformly over their cells where a feature is measured on a grid
+    (``grid_steps``). Returns shape ``(n_samples,)``, int64.
     """
     rng = np.random.default_rng(seed)
     n_samples = X.shape[0]
     sample = np.sort(rng.choice(n_samples, size=min(n_samples, MIXTURE_ROWS), replace=False))
     rows = np.asarray(standardize(np.asarray(X[sample], dtype=np.float32)), dtype=np.float64)
+    # Its own generator: rows off any grid get the same mixture as without the spread.
+    spread = np.random.default_rng([seed, 1]).uniform(-0.5, 0.5, size=rows.shape)
+    rows = rows + spread * grid_steps(rows)
     projection = None
     if rows.shape[1] > MIXTURE_COMPONENTS:
         projection = PCA(min(MIXTURE_COMPONENTS, len(rows)), random_state=seed).fit(rows)
@@ -174,6 +178,23 @@ def mixture_labels(
         labels[start : start + len(rows)] = mixture.predict(rows)
         start += len(rows)
     return labels
+
+
+def grid_steps(rows: np.ndarray) -> np.ndarray:
+    """Per feature of ``rows``, the smallest gap between two of its values where that gap is
+    under the feature's standard deviation, else 0: the step of the grid a count or a rounded
+    measurement lies on, over which the mixture spreads the rows.
+
+    A density fitted to rows on a grid rewards components that shrink onto grid lines (their
+    likelihood grows without bound), so the cross-validated shrinkage and the mixture follow
+    the grid rather than the clusters. A gap of a standard deviation or more is a feature of a
+    few far-apart values (a flag), not a grid on a continuous scale: it is left as it is.
+    """
+    gaps = np.diff(np.sort(rows, axis=0), axis=0)
+    gaps[gaps <= 0] = np.inf
+    steps = gaps.min(axis=0, initial=np.inf)
+    steps[~(steps < rows.std(axis=0))] = 0.0
+    return steps
 
 
 def shrinkage_by_likelihood(rows: np.ndarray, n_clusters: int, rng: np.random.Generator) -> float:

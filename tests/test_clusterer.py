@@ -317,6 +317,22 @@ def test_mixture_shrinkage_is_what_held_out_rows_support():
     assert shrinkage_by_likelihood(wide, 2, rng) == SHRINKAGE_GRID[-1] * wide.var(axis=0).mean()
 
 
+def test_grid_steps_finds_counts_and_leaves_flags_and_continuous_rows_alone():
+    from sklearn_selflabel._starts import grid_steps
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 10, size=300).astype(float)  # a grid of step 1
+    rounded = np.round(rng.normal(size=300), 1)  # a measurement to 0.1
+    flag = (rng.random(300) < 0.1) * 5.0  # two far-apart values: no grid
+    continuous = rng.normal(size=300)
+    constant = np.ones(300)
+    steps = grid_steps(np.column_stack([counts, rounded, flag, continuous, constant]))
+    assert steps[0] == 1.0
+    assert steps[1] == pytest.approx(0.1)
+    assert steps[2] == 0.0 and steps[4] == 0.0
+    assert 0.0 < steps[3] < 1e-3
+
+
 def test_neighbour_agreement_scores_a_partition_along_the_links_highest():
     from sklearn_selflabel._starts import neighbour_agreement
 
