@@ -32,7 +32,7 @@ _MIN_IMAGE_STEPS = 960
 # n_init="auto" trains image fits of at most this many optimizer steps twice.
 _MAX_RESTART_STEPS = 1000
 # max_epochs="auto" for flat rows: enough epochs for this many optimizer steps, 60..120.
-_MIN_FLAT_STEPS = 3000
+_MIN_FLAT_STEPS = 480
 # Neighbours that a neighbour view mixes a row with.
 _VIEW_NEIGHBORS = 10
 # Starts that need dense rows.

@@ -41,7 +41,7 @@ MIXTURE_COMPONENTS = 50
 # Covariance shrinkage of the mixture start: candidates, in units of the average variance of
 # a feature, and the rows (at most) and folds of the cross-validated likelihood that picks one.
 SHRINKAGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
-_SHRINKAGE_ROWS = 2_000
+_SHRINKAGE_ROWS = 1_000
 _SHRINKAGE_FOLDS = 3
 # Initialisations of the mixture start; the most likely one is kept.
 _MIXTURE_INITS = 2
