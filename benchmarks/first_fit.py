@@ -1,0 +1,106 @@
+"""The cost of a process's first fit: seconds of several fits in one fresh process.
+
+Each set is fitted ``--fits`` times in a child process of its own (defaults,
+``random_state=0``, ``--threads`` torch threads); the table gives every fit's seconds and
+what the first costs beyond the mean of the others. The child also times, before it fits,
+the imports that creating the first torch optimizer triggers (``torch._dynamo``), when
+``--preimport`` asks for it: the difference between the two runs is that import's share.
+Writes ``benchmarks/results/first_fit.md``.
+
+    python benchmarks/first_fit.py
+    python benchmarks/first_fit.py --sets wine --fits 2 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SETS = ("wine", "iris", "breast_cancer")
+
+CHILD = """
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import torch
+spec = json.loads(sys.argv[1])
+torch.set_num_threads(spec["threads"])
+imported = None
+if spec["preimport"]:
+    start = time.perf_counter()
+    import torch._dynamo  # what torch.optim imports when the first optimizer is created
+    imported = time.perf_counter() - start
+from sklearn import datasets
+from sklearn_selflabel import SelfLabelingClusterer
+X, y = getattr(datasets, "load_" + spec["set"])(return_X_y=True)
+seconds = []
+for _ in range(spec["fits"]):
+    start = time.perf_counter()
+    SelfLabelingClusterer(len(set(y)), random_state=0).fit(X)
+    seconds.append(time.perf_counter() - start)
+print(json.dumps({"seconds": seconds, "import_s": imported}))
+"""
+
+
+def run_child(spec: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--fits", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=RESULTS / "first_fit.md")
+    args = parser.parse_args()
+    if args.fits < 2:
+        parser.error("--fits must be at least 2: the first fit is compared with the others.")
+    lines = [
+        "# The first fit of a process",
+        "",
+        f"`python benchmarks/first_fit.py {' '.join(sys.argv[1:])}` "
+        f"({platform.processor() or 'CPU'}, {args.threads} torch thread(s)): seconds of "
+        f'{args.fits} default fits in one fresh process; "extra" is the first fit\'s '
+        "seconds less the mean of the others. With `torch._dynamo` imported before the first "
+        "fit, the import's own seconds are shown.",
+        "",
+        "| set | torch._dynamo imported first | import s | fit s, in order | extra s |",
+        "|---|---|---|---|---|",
+    ]
+    for name in args.sets:
+        for preimport in (False, True):
+            spec = {"set": name, "fits": args.fits, "threads": args.threads, "preimport": preimport}
+            result = run_child(spec)
+            seconds = result["seconds"]
+            extra = seconds[0] - float(np.mean(seconds[1:]))
+            imported = "" if result["import_s"] is None else f"{result['import_s']:.2f}"
+            row = (
+                f"| {name} | {'yes' if preimport else 'no'} | {imported} | "
+                f"{', '.join(f'{s:.2f}' for s in seconds)} | {extra:+.2f} |"
+            )
+            print(row, flush=True)
+            lines.append(row)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
