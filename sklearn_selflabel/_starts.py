@@ -43,8 +43,8 @@ MIXTURE_COMPONENTS = 50
 SHRINKAGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 _SHRINKAGE_ROWS = 1_000
 _SHRINKAGE_FOLDS = 3
-# Initialisations of the mixture start; the most likely one is kept.
-_MIXTURE_INITS = 2
+# KMeans initialisations of the partition that the mixture's EM starts from (the best kept).
+_KMEANS_INITS = 10
 
 
 def initial_labels(
@@ -143,10 +143,10 @@ def mixture_labels(
     The mixture is fitted on at most ``MIXTURE_ROWS`` rows (a sample drawn from ``seed``),
     projected on their first ``MIXTURE_COMPONENTS`` principal components when wider; the
     shrinkage (``reg_covar``, from ``SHRINKAGE_GRID``) is the one with the highest
-    cross-validated likelihood (``shrinkage_by_likelihood``); of ``_MIXTURE_INITS``
-    initialisations the most likely is kept, and labels every row. The mixture is fitted to
-    the rows spread uniformly over their cells where a feature is measured on a grid
-    (``grid_steps``). Returns shape ``(n_samples,)``, int64.
+    cross-validated likelihood (``shrinkage_by_likelihood``); EM starts from the best KMeans
+    partition (``mixture_from_kmeans``), and the mixture labels every row. The mixture is
+    fitted to the rows spread uniformly over their cells where a feature is measured on a
+    grid (``grid_steps``). Returns shape ``(n_samples,)``, int64.
     """
     rng = np.random.default_rng(seed)
     n_samples = X.shape[0]
@@ -160,15 +160,7 @@ def mixture_labels(
         projection = PCA(min(MIXTURE_COMPONENTS, len(rows)), random_state=seed).fit(rows)
         rows = projection.transform(rows)
     shrinkage = shrinkage_by_likelihood(rows, n_clusters, rng)
-    with warnings.catch_warnings():
-        # A start need not be a converged mixture: training refines it.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        mixture = GaussianMixture(
-            n_clusters,
-            reg_covar=shrinkage,
-            n_init=_MIXTURE_INITS,
-            random_state=int(rng.integers(2**31)),
-        ).fit(rows)
+    mixture = mixture_from_kmeans(rows, n_clusters, shrinkage, int(rng.integers(2**31)))
     labels = np.empty(n_samples, dtype=np.int64)
     start = 0
     for chunk in chunked_rows(X):
@@ -178,6 +170,38 @@ def mixture_labels(
         labels[start : start + len(rows)] = mixture.predict(rows)
         start += len(rows)
     return labels
+
+
+def mixture_from_kmeans(
+    rows: np.ndarray, n_clusters: int, shrinkage: float, seed: int
+) -> GaussianMixture:
+    """A full-covariance Gaussian mixture of ``rows`` (covariances plus ``shrinkage`` times the
+    identity) whose EM starts from the best of ``_KMEANS_INITS`` KMeans partitions: each
+    component from one part's share, mean and covariance.
+
+    EM only climbs to the nearest optimum; from one KMeans initialisation (scikit-learn's
+    default), a mixture of many components often merges two categories and splits another,
+    where the best of ten KMeans partitions does not.
+    """
+    partition = KMeans(n_clusters, n_init=_KMEANS_INITS, random_state=seed).fit(rows)
+    parts = partition.labels_
+    identity = np.eye(rows.shape[1])
+    precisions = []
+    for part in range(n_clusters):
+        members = rows[parts == part]
+        covariance = np.atleast_2d(np.cov(members.T, bias=True)) if len(members) > 1 else 0.0
+        precisions.append(np.linalg.inv(covariance + shrinkage * identity))
+    with warnings.catch_warnings():
+        # A start need not be a converged mixture: training refines it.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return GaussianMixture(
+            n_clusters,
+            reg_covar=shrinkage,
+            weights_init=np.bincount(parts, minlength=n_clusters) / len(rows),
+            means_init=partition.cluster_centers_,
+            precisions_init=np.stack(precisions),
+            random_state=seed,
+        ).fit(rows)
 
 
 def grid_steps(rows: np.ndarray) -> np.ndarray:
