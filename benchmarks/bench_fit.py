@@ -93,22 +93,30 @@ print(json.dumps({"seconds": seconds, "acc": acc, "package": package}))
 """
 
 
-def run_child(package_root: Path, spec: dict) -> dict:
-    path = os.pathsep.join([str(package_root), str(ROOT / "benchmarks")])
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(spec["threads"])}
-    # `python -c` puts its working directory first on sys.path: run in the tree under test,
-    # or the package of the directory the script was started from would be imported.
+def run_json_child(code: str, spec: dict, cwd: Path, path: list[Path] | None = None) -> dict:
+    """Run ``code`` in a fresh Python process (``sys.argv[1]`` is ``spec`` as JSON, with
+    ``spec["threads"]`` OpenMP threads, ``path`` as ``PYTHONPATH``) and return the JSON object
+    that its last line of output prints."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(str(entry) for entry in path)
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)],
+        [sys.executable, "-c", code, json.dumps(spec)],
         env=env,
-        cwd=package_root,
+        cwd=cwd,
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"{spec} failed:\n{result.stderr[-3000:]}")
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_child(package_root: Path, spec: dict) -> dict:
+    # `python -c` puts its working directory first on sys.path: run in the tree under test,
+    # or the package of the directory the script was started from would be imported.
+    report = run_json_child(CHILD, spec, package_root, [package_root, ROOT / "benchmarks"])
     imported = Path(report.pop("package")).resolve()
     if not imported.is_relative_to(package_root.resolve()):
         raise RuntimeError(f"the fit imported {imported}, not the package in {package_root}")

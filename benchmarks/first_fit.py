@@ -14,14 +14,12 @@ Writes ``benchmarks/results/first_fit.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from bench_fit import run_json_child
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -51,16 +49,7 @@ print(json.dumps({"seconds": seconds, "import_s": imported}))
 
 
 def run_child(spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json_child(CHILD, spec, ROOT)
 
 
 def main() -> None:
