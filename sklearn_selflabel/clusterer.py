@@ -136,8 +136,8 @@ class SelfLabelingClusterer(
         non-negative dense rows where its clusters keep 98% of the input rows' neighbour
         links, else of it and ``"layout"`` the one whose clusters keep more, ``"kmeans"``
         for sparse rows, ``"layout"`` for images (``image_shape``) of more than 5,000 rows
-        and ``"random"`` for fewer. Online mode
-        and ``partial_fit`` need ``"auto"``: they label each batch or chunk from the network.
+        and ``"random"`` for fewer. Online mode and ``partial_fit`` need ``"auto"``: they
+        label each batch or chunk from the network.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular and embedding rows: Gaussian noise of this
         many standard deviations per feature (half as many from ``init="mixture"``), and each
