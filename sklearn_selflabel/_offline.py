@@ -30,7 +30,7 @@ from ._data import holds_rows
 from ._label_mode import FittedHead
 from ._net import SelfLabelNet
 from ._starts import MIN_CLUSTER_SHARE, initial_labels
-from .propagation import neighbour_link_partition
+from .propagation import nearest_neighbors, neighbour_link_partition
 from .sinkhorn import SinkhornResult, sinkhorn_equipartition
 
 # From SeLa's random split, label steps aim at estimated sizes from this fraction of the last
@@ -65,6 +65,11 @@ class OfflineLabels:
     repartition: bool = True
     # The input rows' metric, in which the layout start links them.
     input_metric: str = "euclidean"
+    # With estimated sizes, what the steps aim at: "held" (held_cluster_weights) or "vote"
+    # (voted_cluster_weights).
+    size_estimate: str = "held"
+    # How the layout start cuts its layout (_layout.layout_labels's clusters).
+    layout_clusters: str = "merged"
 
     name: ClassVar[str] = "offline"
 
@@ -117,18 +122,34 @@ class OfflineLabels:
             init=init,
         )
 
+    def evaluate(
+        self, net: SelfLabelNet, X, fast: bool = False
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The embedding of the rows ``X`` (None where the size estimate needs none) and the
+        logits, in one pass."""
+        if self.cluster_sizes == "estimated" and self.size_estimate == "vote":
+            return net.evaluate_rows(X, self.batch_size, output="both", fast=fast)
+        return None, net.evaluate_rows(X, self.batch_size, fast=fast)
+
+    def estimated_weights(self, embedding: torch.Tensor | None, labels: torch.Tensor):
+        """The shares that a step with estimated sizes aims at, for ``labels`` of shape
+        ``(n_samples,)`` or ``(n_heads, n_samples)``, as ``size_estimate`` says."""
+        if self.size_estimate == "vote":
+            return voted_cluster_weights(embedding, labels, self.n_clusters)
+        return held_cluster_weights(labels, self.n_clusters)
+
     def fitted_head(self, net: SelfLabelNet, X) -> FittedHead:
         """The head with the lowest loss against its labels, and a last label step's prior.
 
         The last step, on the trained network's logits of ``X``, sets the cluster sizes that
         predict gives: ``argmax Q = argmax (lamb * logits + log b)``, rows scaled or not.
         """
-        logits = net.evaluate_rows(X, self.batch_size)
+        embedding, logits = self.evaluate(net, X)
         head_losses = net.head_losses(logits)
         best = int(np.argmin(head_losses))
         weights = None
         if self.cluster_sizes == "estimated":
-            weights = held_cluster_weights(net.label_table_[best], self.n_clusters)
+            weights = self.estimated_weights(embedding, net.label_table_[best])
         state = dict(net.callbacks_)["label_step"].solver_state_
         result = self.solve(logits[best], weights, None if state is None else state[best])
         offsets = (result.state / self.lamb).cpu().numpy().astype(np.float32)
@@ -182,6 +203,36 @@ def held_cluster_weights(labels: torch.Tensor, n_clusters: int) -> np.ndarray:
     shares = (counts / counts.sum(dim=1, keepdim=True)).cpu().numpy()
     floor = MIN_CLUSTER_SHARE / n_clusters
     return np.stack([floored(row, floor) for row in shares]).reshape(labels.shape[:-1] + (-1,))
+
+
+def voted_cluster_weights(
+    embedding: torch.Tensor, labels: torch.Tensor, n_clusters: int, n_neighbors: int = 10
+) -> np.ndarray:
+    """Cluster shares after each row takes the vote of its ``n_neighbors`` nearest neighbours
+    in ``embedding`` (cosine; the row's own label counts as half a voter), for ``labels`` of
+    shape ``(n_samples,)`` or ``(n_heads, n_samples)``, none below ``MIN_CLUSTER_SHARE`` of the
+    equal share (``floored``).
+
+    Held sizes keep a start's errors: where it merged two categories and split another, no
+    step can undo it. The neighbours of a row that a step forced into the wrong cluster mostly
+    hold its category, so the vote's shares are the sizes that the embedding supports. Each
+    vote counts in inverse proportion to its cluster's size (a likelihood ratio rather than a
+    count): a plain majority favours the larger cluster wherever two meet, and votes repeated
+    on their own outcome would let one cluster swallow its neighbours step by step.
+    """
+    neighbors = nearest_neighbors(embedding, n_neighbors)
+    rows = labels.reshape(-1, labels.shape[-1]).to(embedding.device)
+    own = torch.arange(embedding.shape[0], device=embedding.device)
+    shares = []
+    for head in rows:
+        counts = torch.zeros(embedding.shape[0], n_clusters, device=embedding.device)
+        counts.scatter_add_(1, head[neighbors], torch.ones(neighbors.shape, device=counts.device))
+        counts[own, head] += 0.5
+        sizes = torch.bincount(head, minlength=n_clusters).clamp(min=1)
+        votes = (counts / sizes).argmax(dim=1)
+        counted = torch.bincount(votes, minlength=n_clusters).double().cpu().numpy()
+        shares.append(floored(counted / counted.sum(), MIN_CLUSTER_SHARE / n_clusters))
+    return np.stack(shares).reshape(labels.shape[:-1] + (-1,))
 
 
 def floored(shares: np.ndarray, floor: float) -> np.ndarray:
@@ -258,6 +309,7 @@ class LabelStep(Callback):
             metric=mode.input_metric,
             device=torch.device(net.device),
             fast_dtype=net.fast_dtype,
+            layout_clusters=mode.layout_clusters,
         )
         net.label_table_ = torch.from_numpy(labels).to(net.device)
         self.solver_state_ = None
@@ -293,13 +345,13 @@ class LabelStep(Callback):
         epoch = len(net.history) - 1
         mode = self.mode
         weights = None
-        logits = net.evaluate_rows(X, mode.batch_size, fast=True)
+        embedding, logits = mode.evaluate(net, X, fast=True)
         if mode.learned_first:
             agreement = (logits.argmax(dim=-1) == net.label_table_).float().mean()
             if agreement.item() < _LEARNED_AGREEMENT:
                 return None
         if self.estimate_sizes_from is not None and epoch >= self.estimate_sizes_from:
-            weights = held_cluster_weights(net.label_table_, mode.n_clusters)
+            weights = mode.estimated_weights(embedding, net.label_table_)
         start = time.perf_counter()
         result = mode.solve(logits, weights, self.solver_state_)
         self.solver_seconds_ = time.perf_counter() - start

@@ -34,6 +34,14 @@ class Recipe:
     repartition : bool
         Whether a fit from the random start re-partitions its labels by the embedding's
         neighbour links at half the schedule (with ``cluster_sizes="estimated"``).
+    sizes : {"held", "vote"}
+        What the label steps of ``cluster_sizes="estimated"`` aim at: the sizes of the current
+        clusters, or those after each row takes the vote of its nearest neighbours in the
+        network's embedding, so that sizes can move where the start's were wrong.
+    layout_clusters : {"merged", "consensus"}
+        How the layout start cuts its layout into clusters (``_layout.layout_labels``): parts
+        merged along their links, which keeps unequal categories, or the consensus of mixtures
+        of ``n_clusters`` components, which does not merge two categories of about equal size.
     """
 
     metric: str
@@ -42,6 +50,8 @@ class Recipe:
     propagation: bool
     repartition: bool = True
     min_start_rows: int = 0
+    sizes: str = "held"
+    layout_clusters: str = "merged"
 
 
 RECIPES: dict[str, Recipe] = {
@@ -52,5 +62,14 @@ RECIPES: dict[str, Recipe] = {
     "nonnegative": Recipe("cosine", ("mixture", "layout"), "neighbours", propagation=True),
     # Documents: TF-IDF or counts.
     "sparse": Recipe("cosine", ("kmeans",), "terms", propagation=False, repartition=False),
-    "image": Recipe("cosine", ("layout",), "affine", propagation=True, min_start_rows=5_001),
+    # Pixels of categories, as images: the consensus layout start and voted sizes.
+    "image": Recipe(
+        "cosine",
+        ("layout",),
+        "affine",
+        propagation=True,
+        min_start_rows=5_001,
+        sizes="vote",
+        layout_clusters="consensus",
+    ),
 }

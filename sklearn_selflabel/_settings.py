@@ -243,6 +243,8 @@ def resolve_settings(
             input_metric=recipe.metric,
             # A start from a clustering of the rows keeps its partition.
             repartition=starts == ("random",) and recipe.repartition,
+            size_estimate=recipe.sizes,
+            layout_clusters=recipe.layout_clusters,
         )
     network = NetworkSettings(
         n_clusters=n_clusters,

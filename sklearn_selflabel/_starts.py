@@ -58,6 +58,7 @@ def initial_labels(
     metric: str,
     device: torch.device,
     fast_dtype: torch.dtype = torch.float32,
+    layout_clusters: str = "merged",
 ) -> np.ndarray:
     """The label table ``(n_heads, n_samples)`` that a fit of the rows ``X`` starts from.
 
@@ -65,7 +66,8 @@ def initial_labels(
     several clusterings of dense rows, cheapest first, scored by ``neighbour_agreement`` on
     the input rows' neighbour graph (in ``metric``): the first that scores at least
     ``SEPARATED_AGREEMENT`` is kept without building the others, else the best.
-    ``module`` standardizes the rows as the network sees them.
+    ``module`` standardizes the rows as the network sees them; ``layout_clusters`` says how
+    the layout is cut (``layout_labels``'s ``clusters``).
     """
     if starts == ("random",):
         return random_equal_split(X.shape[0], n_clusters, n_heads, seed)
@@ -88,6 +90,7 @@ def initial_labels(
                 min_cluster_size=MIN_CLUSTER_SHARE * X.shape[0] / n_clusters,
                 device=device,
                 fast_dtype=fast_dtype,
+                clusters=layout_clusters,
             )
         if len(starts) == 1:
             return np.tile(labels, (n_heads, 1))

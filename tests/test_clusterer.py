@@ -412,6 +412,26 @@ def test_held_cluster_sizes_keep_every_cluster_above_the_floor():
     np.testing.assert_allclose(floored(untouched, 0.25), untouched)
 
 
+def test_voted_cluster_sizes_move_to_what_the_embedding_holds():
+    import torch
+
+    from sklearn_selflabel._offline import held_cluster_weights, voted_cluster_weights
+    from sklearn_selflabel._starts import MIN_CLUSTER_SHARE
+
+    # Two groups of 60 and 40 rows in the embedding, labelled 50/50 (ten rows of the large
+    # group in the small one's cluster), and a second head that labels them rightly.
+    embedding, groups = make_blobs([60, 40], centers=[[5, 0], [0, 5]], random_state=0)
+    embedding = torch.from_numpy(embedding).float()
+    wrong = groups.copy()
+    wrong[np.flatnonzero(groups == 0)[:10]] = 1
+    labels = torch.from_numpy(np.stack([wrong, groups]))
+    np.testing.assert_allclose(held_cluster_weights(labels[0], 2), [0.5, 0.5])
+    np.testing.assert_allclose(voted_cluster_weights(embedding, labels, 2), [[0.6, 0.4]] * 2)
+    # No cluster is voted below the floor.
+    shares = voted_cluster_weights(embedding, torch.from_numpy(np.append(groups[:-1], 2)), 3)
+    assert shares.min() >= MIN_CLUSTER_SHARE / 3 - 1e-12
+
+
 def test_tables_start_from_a_mixture_and_keep_its_uneven_sizes():
     # Uneven, with no class below the floor of estimated sizes (a fifth of the equal share).
     X, y = make_blobs(n_samples=[25, 65, 90, 220], n_features=5, random_state=1)

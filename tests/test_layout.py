@@ -11,6 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from sklearn_selflabel import _layout
 from sklearn_selflabel._layout import (
+    consensus_mixture,
     fuzzy_neighbour_graph,
     input_neighbour_graph,
     layout_labels,
@@ -128,6 +129,16 @@ def test_merged_mixture_finds_unequal_groups_of_a_layout():
     labels = merged_mixture(points.astype(np.float32), graph, 3, 20, seed=0)
     assert adjusted_rand_score(truth, labels) == 1.0
     np.testing.assert_array_equal(labels, merged_mixture(points, graph, 3, 20, seed=0))
+
+
+def test_consensus_mixture_keeps_the_mixture_that_agrees_with_the_others():
+    points, truth = make_blobs(
+        [100, 100, 100, 100], centers=[[0, 0], [10, 0], [0, 10], [10, 10]], random_state=0
+    )
+    labels = consensus_mixture(points.astype(np.float32), 4, seed=0)
+    assert labels.dtype == np.int64
+    assert adjusted_rand_score(truth, labels) == 1.0
+    np.testing.assert_array_equal(labels, consensus_mixture(points, 4, seed=0))
 
 
 @pytest.fixture
