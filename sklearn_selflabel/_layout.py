@@ -25,7 +25,7 @@ mixture. This start does the same, in four steps:
    are drawn to where the rows are; the links between two halves of one category are many
    next to what either half holds, while a small category's links stay mostly its own,
    whatever its size. Where the categories are about equal (pixels of a benchmark's classes),
-   two categories that many links join (a 4 and a 9) can merge while one category's halves
+   two categories that many links join (MNIST's 3s and 5s) can merge while one category's halves
    stay apart; ``consensus_mixture`` then cuts the layout instead: mixtures of ``n_clusters``
    components from several seeds, of which the one that agrees best with the others is kept
    (as N2D does, with a consensus against unlucky seeds).
