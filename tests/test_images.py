@@ -217,6 +217,19 @@ def test_auto_epochs_give_image_fits_enough_steps():
     assert explicit.fit(X).n_iter_ == 3
 
 
+def test_auto_epochs_of_image_fits_from_the_layout_start_are_at_least_40(monkeypatch):
+    from sklearn_selflabel import _recipes, _settings
+
+    X = np.random.default_rng(0).random((200, 16)).astype(np.float32)
+    recipe = _recipes.RECIPES["image"]
+    monkeypatch.setitem(_recipes.RECIPES, "image", dataclasses.replace(recipe, min_start_rows=0))
+    # 100 batches an epoch: 960 steps take 10 epochs, raised to the least number.
+    model = SelfLabelingClusterer(n_clusters=2, image_shape=(4, 4), batch_size=2)
+    assert _settings.resolve_settings(model, X).labels.starts == ("layout",)
+    assert _settings.resolve_settings(model, X).max_epochs == 40
+    assert _settings.resolve_settings(model.set_params(init="random"), X).max_epochs == 60
+
+
 def test_mixed_precision_auto_trains_image_and_layout_fits_in_bfloat16_where_native(
     digits,
 ):
