@@ -210,8 +210,8 @@ def voted_cluster_weights(
 ) -> np.ndarray:
     """Cluster shares after each row takes the vote of its ``n_neighbors`` nearest neighbours
     in ``embedding`` (cosine; the row's own label counts as half a voter), for ``labels`` of
-    shape ``(n_samples,)`` or ``(n_heads, n_samples)``, none below ``MIN_CLUSTER_SHARE`` of the
-    equal share (``floored``).
+    shape ``(n_samples,)`` or ``(n_heads, n_samples)``: the held sizes
+    (``held_cluster_weights``) of the voted labels.
 
     Held sizes keep a start's errors: where it merged two categories and split another, no
     step can undo it. The neighbours of a row that a step forced into the wrong cluster mostly
@@ -223,16 +223,14 @@ def voted_cluster_weights(
     neighbors = nearest_neighbors(embedding, n_neighbors)
     rows = labels.reshape(-1, labels.shape[-1]).to(embedding.device)
     own = torch.arange(embedding.shape[0], device=embedding.device)
-    shares = []
+    votes = []
     for head in rows:
         counts = torch.zeros(embedding.shape[0], n_clusters, device=embedding.device)
         counts.scatter_add_(1, head[neighbors], torch.ones(neighbors.shape, device=counts.device))
         counts[own, head] += 0.5
         sizes = torch.bincount(head, minlength=n_clusters).clamp(min=1)
-        votes = (counts / sizes).argmax(dim=1)
-        counted = torch.bincount(votes, minlength=n_clusters).double().cpu().numpy()
-        shares.append(floored(counted / counted.sum(), MIN_CLUSTER_SHARE / n_clusters))
-    return np.stack(shares).reshape(labels.shape[:-1] + (-1,))
+        votes.append((counts / sizes).argmax(dim=1))
+    return held_cluster_weights(torch.stack(votes).reshape(labels.shape), n_clusters)
 
 
 def floored(shares: np.ndarray, floor: float) -> np.ndarray:
