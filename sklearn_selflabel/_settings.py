@@ -27,15 +27,16 @@ from ._offline import OfflineLabels
 from ._online import OnlineLabels
 from ._recipes import RECIPES
 
-# Optimizer steps that max_epochs="auto" gives an image fit at least (within 60..120 epochs;
-# from the layout start, which the network refines rather than finds, within 40..120).
+# max_epochs="auto": a fit from SeLa's random split trains enough epochs for this many
+# optimizer steps (with image_shape, else flat rows), within _MIN_EPOCHS..120; a fit from a
+# clustering of the rows refines its start rather than finding one, and trains
+# _EPOCHS_FROM_START (user guide, "Flat rows" and "Images").
 _MIN_IMAGE_STEPS = 960
+_MIN_FLAT_STEPS = 480
 _MIN_EPOCHS = 60
-_MIN_EPOCHS_FROM_LAYOUT_IMAGES = 40
+_EPOCHS_FROM_START = 40
 # n_init="auto" trains image fits of at most this many optimizer steps twice.
 _MAX_RESTART_STEPS = 1000
-# max_epochs="auto" for flat rows: enough epochs for this many optimizer steps, 60..120.
-_MIN_FLAT_STEPS = 480
 # Neighbours that a neighbour view mixes a row with.
 _VIEW_NEIGHBORS = 10
 # Starts that need dense rows.
@@ -286,12 +287,12 @@ def resolve_settings(
     n_batches = math.ceil(n_samples / batch_size)
     max_epochs = est.max_epochs
     if max_epochs == "auto":
-        # A small data set needs more passes for as many optimizer steps as a large one.
-        steps = _MIN_IMAGE_STEPS if image_shape is not None else _MIN_FLAT_STEPS
-        least = _MIN_EPOCHS
-        if image_shape is not None and starts == ("layout",):
-            least = _MIN_EPOCHS_FROM_LAYOUT_IMAGES
-        max_epochs = int(np.clip(math.ceil(steps / n_batches), least, 120))
+        if starts != ("random",):
+            max_epochs = _EPOCHS_FROM_START
+        else:
+            # A small data set needs more passes for as many optimizer steps as a large one.
+            steps = _MIN_IMAGE_STEPS if image_shape is not None else _MIN_FLAT_STEPS
+            max_epochs = int(np.clip(math.ceil(steps / n_batches), _MIN_EPOCHS, 120))
     if est.checkpoint_dir is not None and est.accelerator is not None:
         raise ValueError("checkpoint_dir is not supported with an accelerator.")
     if est.warm_start and est.checkpoint_dir is None and not chunk:

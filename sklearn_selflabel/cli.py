@@ -142,7 +142,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-epochs",
         type=_positive_int,
         metavar="N",
-        help="training epochs (default: 120; with --image-shape 60 to 120, by data size)",
+        help=(
+            "training epochs (default: 40 from a start that clusters the rows, 60 to 120 "
+            "from a random split, by data size)"
+        ),
     )
     fit.add_argument(
         "--random-state",

@@ -87,9 +87,9 @@ class SelfLabelingClusterer(
     module_params : dict or None, default=None
         Keyword arguments for ``module``. Tune them with ``GridSearchCV`` by listing dicts.
     max_epochs : int or "auto", default="auto"
-        Number of training epochs (passes over the data). ``"auto"``: enough epochs for at
-        least 480 mini-batch steps (960 with ``image_shape``), between 60 and 120 (between 40
-        and 120 for images that start from their layout).
+        Number of training epochs (passes over the data). ``"auto"``: 40 from a clustering of
+        the rows (``init`` other than ``"random"``); from the random split, enough epochs for at
+        least 480 mini-batch steps (960 with ``image_shape``), between 60 and 120.
     batch_size : int or "auto", default="auto"
         Mini-batch size for training and the batch size of inference. ``"auto"``: 256 in
         offline mode, 1024 in online mode.

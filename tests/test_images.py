@@ -200,9 +200,11 @@ def test_auto_n_init_trains_small_image_fits_from_the_random_split_twice(tmp_pat
     assert n_fits(**flat, init="random") == 1
 
 
-def test_auto_epochs_give_image_fits_enough_steps():
+def test_auto_epochs_from_the_random_split_give_enough_steps():
     X = np.random.default_rng(0).random((40, 16)).astype(np.float32)
-    params = dict(n_clusters=2, n_heads=1, embedding_dim=4, propagation=False, random_state=0)
+    params = dict(
+        n_clusters=2, n_heads=1, embedding_dim=4, propagation=False, init="random", random_state=0
+    )
 
     def image_epochs(batch_size: int) -> int:
         model = SelfLabelingClusterer(image_shape=(4, 4), batch_size=batch_size, **params)
@@ -217,17 +219,23 @@ def test_auto_epochs_give_image_fits_enough_steps():
     assert explicit.fit(X).n_iter_ == 3
 
 
-def test_auto_epochs_of_image_fits_from_the_layout_start_are_at_least_40(monkeypatch):
+def test_auto_epochs_from_a_clustering_of_the_rows_are_40_whatever_the_batches(monkeypatch):
     from sklearn_selflabel import _recipes, _settings
 
     X = np.random.default_rng(0).random((200, 16)).astype(np.float32)
     recipe = _recipes.RECIPES["image"]
     monkeypatch.setitem(_recipes.RECIPES, "image", dataclasses.replace(recipe, min_start_rows=0))
-    # 100 batches an epoch: 960 steps take 10 epochs, raised to the least number.
-    model = SelfLabelingClusterer(n_clusters=2, image_shape=(4, 4), batch_size=2)
-    assert _settings.resolve_settings(model, X).labels.starts == ("layout",)
-    assert _settings.resolve_settings(model, X).max_epochs == 40
-    assert _settings.resolve_settings(model.set_params(init="random"), X).max_epochs == 60
+    for batch_size in (2, 200):  # 100 batches an epoch, and one
+        image = SelfLabelingClusterer(n_clusters=2, image_shape=(4, 4), batch_size=batch_size)
+        assert _settings.resolve_settings(image, X).labels.starts == ("layout",)
+        assert _settings.resolve_settings(image, X).max_epochs == 40
+        assert _settings.resolve_settings(image.set_params(init="random"), X).max_epochs >= 60
+        for init in ("mixture", "kmeans"):
+            table = SelfLabelingClusterer(n_clusters=2, batch_size=batch_size, init=init)
+            assert _settings.resolve_settings(table, X).max_epochs == 40
+    # Online mode labels every batch from the network: it has no start to refine.
+    online = SelfLabelingClusterer(n_clusters=2, label_mode="online", batch_size=200)
+    assert _settings.resolve_settings(online, X).max_epochs == 120
 
 
 def test_mixed_precision_auto_trains_image_and_layout_fits_in_bfloat16_where_native(
