@@ -60,8 +60,6 @@ _MIN_CLUSTER_ROWS = _N_NEIGHBORS
 _CURVE_SHARES = (0.0025, 0.005, 0.01, 0.02, 0.04)
 # The estimate looks at most at this many rows (a seeded sample of them).
 _MAX_ROWS = 20_000
-# Rows whose kind has its categories on manifolds: linked through an autoencoder's codes.
-_LAYOUT_KINDS = ("image", "nonnegative")
 # The autoencoder's passes over small data sets: the count's figures were measured with the
 # start's former 250; fewer tore groups of a few hundred rows apart.
 _AUTOENCODER_PASSES = 250
@@ -122,7 +120,8 @@ def estimate_n_clusters(
         n_samples = _MAX_ROWS
     mean, scale, normalise_rows = input_scaling(X, kind, image_shape)
     metric = RECIPES[kind].metric
-    if kind in _LAYOUT_KINDS:
+    # Kinds whose categories lie on manifolds are linked through an autoencoder's codes.
+    if "layout" in RECIPES[kind].starts and not sp.issparse(X):
         mean_, scale_ = torch.from_numpy(mean).to(device), torch.from_numpy(scale).to(device)
         graph = neighbour_graph(
             X,

@@ -1,23 +1,26 @@
 """Input geometry by kind of data: what the rows are, how they are scaled, how neighbours are found.
 
 Flat rows (no ``image_shape``) are one of four kinds, detected from the data unless the
-``input_kind`` parameter names one:
+``input_kind`` parameter names one. Rows of fewer than ``MIN_WIDE_FEATURES`` features are
+tables; wider rows are told apart by their values:
 
+``"tabular"``
+    Measurements: rows of fewer than ``MIN_WIDE_FEATURES`` features, and wider dense rows of
+    non-negative features on scales of their own. Each feature standardised, unless all share
+    a common scale (standardised already, coordinates of PCA or UMAP, one unit of
+    measurement), which keeps the geometry given; Euclidean neighbours.
+``"embedding"``
+    Wide, dense and signed: the outputs of another model (a pretrained network's features,
+    centred or normalised), pixels with their mean taken off. One mean and one scale for all
+    features, so the geometry is the one given; cosine neighbours.
+``"nonnegative"``
+    Wide, dense, non-negative, every feature on a common range: pixels, histograms, the
+    features of a network with ReLU outputs. One mean and one scale for all features (a
+    feature's share of a row is kept), and cosine neighbours.
 ``"sparse"``
     A sparse matrix of non-negative values: TF-IDF, counts. Rows are L2-normalised (cosine
     geometry) and scaled by one number; nothing is subtracted, so batches stay sparse and the
     first layer multiplies them directly.
-``"nonnegative"``
-    Dense, non-negative, every feature on a common range: pixels, histograms, counts, integer
-    codes. One mean and one scale for all features (a feature's share of a row is kept), and
-    cosine neighbours.
-``"embedding"``
-    Dense, signed, every feature on a common scale: embeddings from another model,
-    standardised tables. One mean and one scale for all features, so the geometry is the one
-    given; Euclidean neighbours.
-``"tabular"``
-    Anything else: columns on scales of their own. Each feature standardised; Euclidean
-    neighbours on the standardised rows.
 """
 
 from __future__ import annotations
@@ -32,15 +35,20 @@ KINDS = ("tabular", "embedding", "nonnegative", "sparse")
 # Features are on a common range when the 90th percentile of their typical sizes is at most
 # this many times the 10th.
 _COMMON_RANGE = 10.0
+# Rows of at least this many features may be pixels or a model's outputs, fewer are a table:
+# the smallest images (8 x 8) and common embeddings have 64, the widest shared table 60.
+MIN_WIDE_FEATURES = 64
 
 
 def detect_kind(X) -> str:
-    """The kind of the flat rows ``X`` (see the module's docstring), from one pass over them."""
+    """The kind of the flat rows ``X`` (see the module's docstring), from at most one pass
+    over them."""
     if sp.issparse(X):
         if X.data.size == 0 or X.data.min() >= 0:
             return "sparse"
-        _, variance = mean_variance_axis(sp.csr_matrix(X), axis=0)
-        return "embedding" if _on_a_common_range(np.sqrt(variance)) else "tabular"
+        return "embedding" if X.shape[1] >= MIN_WIDE_FEATURES else "tabular"
+    if X.shape[1] < MIN_WIDE_FEATURES:
+        return "tabular"
     lowest = np.inf
     highest = np.full(X.shape[1], -np.inf)
     for chunk in chunked_rows(X):
@@ -48,8 +56,7 @@ def detect_kind(X) -> str:
         highest = np.maximum(highest, chunk.max(axis=0))
     if lowest >= 0:
         return "nonnegative" if _on_a_common_range(highest) else "tabular"
-    _, variance = column_mean_and_variance(X)
-    return "embedding" if _on_a_common_range(np.sqrt(variance)) else "tabular"
+    return "embedding"
 
 
 def _on_a_common_range(sizes: np.ndarray) -> bool:
@@ -64,11 +71,12 @@ def input_scaling(X, kind: str, image_shape=None) -> tuple[np.ndarray, np.ndarra
     """``(mean, scale, normalise_rows)``: the network sees ``(x / |x| if normalise_rows) -
     mean) / scale``, float32 of shape ``(n_features,)``.
 
-    Images (``image_shape``) are standardised per channel, tabular rows per feature, the
-    other kinds with one mean and one scale for all features.
+    Images (``image_shape``) are standardised per channel, tabular rows per feature unless
+    their features share a common scale, the other kinds with one mean and one scale for all
+    features.
     """
     n_features = X.shape[1]
-    if image_shape is not None or kind == "tabular":
+    if image_shape is not None:
         mean, scale = feature_mean_and_scale(X, image_shape)
         return mean, scale, False
     if kind == "sparse":
@@ -79,6 +87,9 @@ def input_scaling(X, kind: str, image_shape=None) -> tuple[np.ndarray, np.ndarra
     mean, variance = (
         mean_variance_axis(X, axis=0) if sp.issparse(X) else column_mean_and_variance(X)
     )
+    if kind == "tabular" and not _on_a_common_range(np.sqrt(variance)):
+        mean, scale = feature_mean_and_scale(X)
+        return mean, scale, False
     overall_mean = mean.mean()
     overall_variance = (variance + mean**2).mean() - overall_mean**2
     scale = np.sqrt(max(overall_variance, 1e-24))

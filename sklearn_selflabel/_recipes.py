@@ -54,12 +54,16 @@ class Recipe:
     layout_clusters: str = "merged"
 
 
+# Rows whose categories lie on manifolds that their nearest neighbours follow.
+_NEIGHBOURS = Recipe("cosine", ("mixture", "layout"), "neighbours", propagation=True)
+
 RECIPES: dict[str, Recipe] = {
-    # Columns on scales of their own, and signed features on a common scale.
+    # Measurements: a few columns, or wide ones on scales of their own.
     "tabular": Recipe("euclidean", ("mixture",), "noise", propagation=False),
-    "embedding": Recipe("euclidean", ("mixture",), "noise", propagation=False),
+    # The outputs of another model: many signed features.
+    "embedding": _NEIGHBOURS,
     # Pixels, histograms, the features of a network with ReLU outputs.
-    "nonnegative": Recipe("cosine", ("mixture", "layout"), "neighbours", propagation=True),
+    "nonnegative": _NEIGHBOURS,
     # Documents: TF-IDF or counts.
     "sparse": Recipe("cosine", ("kmeans",), "terms", propagation=False, repartition=False),
     # Pixels of categories, as images: the consensus layout start and voted sizes.

@@ -140,25 +140,26 @@ class SelfLabelingClusterer(
         and ``"random"`` for fewer. Online mode and ``partial_fit`` need ``"auto"``: they
         label each batch or chunk from the network.
     augment_strength : float, default=0.5
-        Strength of the training views. Tabular and embedding rows: Gaussian noise of this
+        Strength of the training views. Tabular rows: Gaussian noise of this
         many standard deviations per feature (half as many from ``init="mixture"``), and each
         feature masked to its mean with probability half the noise's standard deviation.
         Sparse rows (``input_kind="sparse"``): each stored entry (term) dropped with
         probability ``augment_strength / 2``. Images (``image_shape``): the scale of the
         affine jitter (at 0.5, up to 12.5% of the side, 15 degrees, 10% of scale and 0.15 of
-        shear). Non-negative dense rows train on neighbour views instead.
+        shear). Wide dense rows (pixels, embeddings) train on neighbour views instead.
     input_kind : {"auto", "tabular", "embedding", "nonnegative", "sparse"}, default="auto"
         What flat rows (no ``image_shape``) are, which sets how they are scaled, how their
-        neighbours are found and how training sees them. ``"tabular"``: columns on scales of
-        their own, each standardised, Euclidean neighbours. ``"embedding"``: signed features on
-        one common scale (embeddings of another model, standardised tables), one scale for all,
-        Euclidean neighbours. ``"nonnegative"``: non-negative features on a common range
-        (pixels, histograms, counts), one scale for all, cosine neighbours. ``"sparse"``:
-        non-negative sparse rows (TF-IDF, counts), each L2-normalised, cosine neighbours, batches
-        that stay sparse into the first layer, KMeans initial labels and views that drop terms.
-        Non-negative dense rows train with invariance propagation and neighbour views
-        (``propagation="auto"``); tables and embeddings with noise views. ``"auto"`` detects
-        the kind from the data (the user guide gives the rule and each kind's recipe).
+        neighbours are found and how training sees them. ``"tabular"``: tables (fewer than 64
+        features, or wide columns on scales of their own), each feature standardised unless
+        all share a common scale, Euclidean neighbours, a Gaussian mixture start and noise
+        views. ``"embedding"``: 64 or more signed features (another model's outputs), one
+        scale for all, cosine neighbours. ``"nonnegative"``: 64 or more non-negative features
+        on a common range (pixels, histograms), one scale for all, cosine neighbours. Both
+        wide kinds train with invariance propagation and neighbour views and start from a
+        mixture or their layout. ``"sparse"``: non-negative sparse rows (TF-IDF, counts), each
+        L2-normalised, cosine neighbours, batches that stay sparse into the first layer,
+        KMeans initial labels and views that drop terms. ``"auto"`` detects the kind from the
+        data (the user guide gives the rule and each kind's recipe).
     image_shape : tuple of int or None, default=None
         ``(height, width)`` or ``(channels, height, width)`` when the rows are images
         flattened in that order. It turns on image-aware mode: training views are random
@@ -170,8 +171,8 @@ class SelfLabelingClusterer(
         current labels of its hard positives, the least similar of the rows reached by
         ``propagation_hops`` hops along the ``propagation_neighbors`` nearest-neighbour links
         (first among the standardised input rows, then, at each label step, in a memory bank
-        of the embeddings). ``"auto"``: on with ``image_shape`` and for non-negative dense
-        rows (``input_kind="nonnegative"``), off for the other flat rows.
+        of the embeddings). ``"auto"``: on with ``image_shape`` and for wide dense rows
+        (``input_kind`` ``"nonnegative"`` or ``"embedding"``), off for tables and sparse rows.
     propagation_neighbors : int, default=4
         ``k`` of the nearest-neighbour links.
     propagation_hops : int, default=3

@@ -489,15 +489,25 @@ def test_auto_init_follows_the_recipe_of_the_kind():
     X, _ = make_blobs(n_samples=1500, centers=3, n_features=5, random_state=0)
     X = X.astype(np.float32)
     table = resolve_settings(small(), X)
-    assert table.labels.starts == RECIPES["embedding"].starts == ("mixture",)
+    assert table.network.input_kind == "tabular"
+    assert table.labels.starts == RECIPES["tabular"].starts == ("mixture",)
     assert table.labels.label_steps_from == 0.25 and not table.labels.repartition
     assert table.network.augment_strength == 0.25  # half of augment_strength
-    # Non-negative rows choose between a mixture and their layout, and train on neighbour
-    # views instead of noise.
-    pixels = resolve_settings(small(), np.abs(X))
-    assert pixels.labels.starts == ("mixture", "layout")
-    assert pixels.network.augment_strength == 0.0
-    assert pixels.propagation is not None and pixels.propagation.view_neighbors == 10
+    # Wide non-negative rows (pixels) choose between a mixture and their layout, and train
+    # on neighbour views instead of noise; so do wide signed rows, the outputs of a model.
+    wide, _ = make_blobs(n_samples=200, centers=3, n_features=64, random_state=0)
+    wide = wide.astype(np.float32)
+    for rows, kind in ((np.abs(wide), "nonnegative"), (wide, "embedding")):
+        settings = resolve_settings(small(), rows)
+        assert settings.network.input_kind == kind
+        assert settings.labels.starts == ("mixture", "layout")
+        assert settings.network.augment_strength == 0.0
+        assert settings.propagation is not None and settings.propagation.view_neighbors == 10
+        assert settings.propagation.input_metric == "cosine"
+    # Fewer features are a table, whatever their sign (a table of scores, counts, lengths).
+    assert resolve_settings(small(), np.abs(X)).network.input_kind == "tabular"
+    narrow = resolve_settings(small(), wide[:, :63].astype(np.float32))
+    assert narrow.network.input_kind == "tabular"
     # SeLa's random start, schedule and re-partition, and the full noise.
     random = resolve_settings(small(init="random"), X)
     assert random.labels.starts == ("random",)
@@ -590,10 +600,10 @@ def test_sparse_input_matches_dense_and_is_densified_batch_by_batch(blobs, monke
 
 
 def test_each_kind_of_flat_rows_trains_with_its_own_views_and_labels():
-    X, y = make_blobs(n_samples=300, n_features=12, random_state=0)
+    X, y = make_blobs(n_samples=300, n_features=64, random_state=0)
     counts = np.abs(X).round()  # non-negative, a third of the entries zero
     fits = {
-        "tabular": small().fit(X * np.geomspace(1, 1000, X.shape[1])),
+        "tabular": small().fit(X[:, :12] * np.geomspace(1, 1000, 12)),
         "nonnegative": small().fit(counts),
         "sparse": small().fit(sp.csr_matrix(counts)),
     }
@@ -854,3 +864,17 @@ def test_topped_up_offsets_give_a_short_cluster_the_rows_nearest_to_joining_it()
     assert margins[joined].max() < margins[(labels != 3)].min()
     # Clusters that already hold the rows keep their offsets.
     np.testing.assert_array_equal(_offline.topped_up(logits, raised, 25), raised)
+
+
+def test_tables_keep_a_common_scale_and_standardise_columns_on_scales_of_their_own():
+    from sklearn_selflabel._geometry import input_scaling
+
+    rows = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
+    # Coordinates (PCA's, UMAP's): one scale for all, so the geometry is the one given.
+    coordinates = rows * np.array([3.0, 1.0, 0.5], dtype=np.float32)
+    _, scale, _ = input_scaling(coordinates, "tabular")
+    assert np.ptp(scale) == 0
+    # Columns in units of their own (grams and kilometres): each standardised.
+    mixed = rows * np.array([1000.0, 1.0, 0.01], dtype=np.float32)
+    _, scale, _ = input_scaling(mixed, "tabular")
+    np.testing.assert_allclose(scale, mixed.std(axis=0), rtol=1e-3)
