@@ -6,9 +6,9 @@ tables; wider rows are told apart by their values:
 
 ``"tabular"``
     Measurements: rows of fewer than ``MIN_WIDE_FEATURES`` features, and wider dense rows of
-    non-negative features on scales of their own. Each feature standardised, unless all share
-    a common scale (standardised already, coordinates of PCA or UMAP, one unit of
-    measurement), which keeps the geometry given; Euclidean neighbours.
+    non-negative features on scales of their own. Each feature standardised, unless every
+    feature is centred and all share a common scale (standardised already, coordinates of
+    PCA), which keeps the geometry given; Euclidean neighbours.
 ``"embedding"``
     Wide, dense and signed: the outputs of another model (a pretrained network's features,
     centred or normalised), pixels with their mean taken off. One mean and one scale for all
@@ -59,6 +59,13 @@ def detect_kind(X) -> str:
     return "embedding"
 
 
+def _centred_on_a_common_scale(mean: np.ndarray, variance: np.ndarray) -> bool:
+    """Whether every feature's mean is within half its standard deviation of zero and the
+    standard deviations are on a common range: coordinates (PCA's, standardised columns)."""
+    std = np.sqrt(variance)
+    return bool(np.all(np.abs(mean) <= 0.5 * std) and _on_a_common_range(std))
+
+
 def _on_a_common_range(sizes: np.ndarray) -> bool:
     sizes = sizes[sizes > 0]
     if sizes.size == 0:
@@ -72,8 +79,8 @@ def input_scaling(X, kind: str, image_shape=None) -> tuple[np.ndarray, np.ndarra
     mean) / scale``, float32 of shape ``(n_features,)``.
 
     Images (``image_shape``) are standardised per channel, tabular rows per feature unless
-    their features share a common scale, the other kinds with one mean and one scale for all
-    features.
+    they are centred coordinates on a common scale, the other kinds with one mean and one
+    scale for all features.
     """
     n_features = X.shape[1]
     if image_shape is not None:
@@ -87,7 +94,7 @@ def input_scaling(X, kind: str, image_shape=None) -> tuple[np.ndarray, np.ndarra
     mean, variance = (
         mean_variance_axis(X, axis=0) if sp.issparse(X) else column_mean_and_variance(X)
     )
-    if kind == "tabular" and not _on_a_common_range(np.sqrt(variance)):
+    if kind == "tabular" and not _centred_on_a_common_scale(mean, variance):
         mean, scale = feature_mean_and_scale(X)
         return mean, scale, False
     overall_mean = mean.mean()

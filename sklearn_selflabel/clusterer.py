@@ -151,15 +151,15 @@ class SelfLabelingClusterer(
         What flat rows (no ``image_shape``) are, which sets how they are scaled, how their
         neighbours are found and how training sees them. ``"tabular"``: tables (fewer than 64
         features, or wide columns on scales of their own), each feature standardised unless
-        all share a common scale, Euclidean neighbours, a Gaussian mixture start and noise
-        views. ``"embedding"``: 64 or more signed features (another model's outputs), one
-        scale for all, cosine neighbours. ``"nonnegative"``: 64 or more non-negative features
-        on a common range (pixels, histograms), one scale for all, cosine neighbours. Both
-        wide kinds train with invariance propagation and neighbour views and start from a
-        mixture or their layout. ``"sparse"``: non-negative sparse rows (TF-IDF, counts), each
-        L2-normalised, cosine neighbours, batches that stay sparse into the first layer,
-        KMeans initial labels and views that drop terms. ``"auto"`` detects the kind from the
-        data (the user guide gives the rule and each kind's recipe).
+        they are centred coordinates on a common scale, Euclidean neighbours, a Gaussian
+        mixture start and noise views. ``"embedding"``: 64 or more signed features (another
+        model's outputs), one scale for all, cosine neighbours. ``"nonnegative"``: 64 or more
+        non-negative features on a common range (pixels, histograms), one scale for all,
+        cosine neighbours. Both wide kinds train with invariance propagation and neighbour
+        views and start from a mixture or their layout. ``"sparse"``: non-negative sparse rows
+        (TF-IDF, counts), each L2-normalised, cosine neighbours, batches that stay sparse into
+        the first layer, KMeans initial labels and views that drop terms. ``"auto"`` detects
+        the kind from the data (the user guide gives the rule and each kind's recipe).
     image_shape : tuple of int or None, default=None
         ``(height, width)`` or ``(channels, height, width)`` when the rows are images
         flattened in that order. It turns on image-aware mode: training views are random

@@ -870,11 +870,16 @@ def test_tables_keep_a_common_scale_and_standardise_columns_on_scales_of_their_o
     from sklearn_selflabel._geometry import input_scaling
 
     rows = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
-    # Coordinates (PCA's, UMAP's): one scale for all, so the geometry is the one given.
+    rows -= rows.mean(axis=0)
+    # Centred coordinates (PCA's): one scale for all, so the geometry is the one given.
     coordinates = rows * np.array([3.0, 1.0, 0.5], dtype=np.float32)
     _, scale, _ = input_scaling(coordinates, "tabular")
     assert np.ptp(scale) == 0
-    # Columns in units of their own (grams and kilometres): each standardised.
+    # Columns in units of their own (grams and kilometres): each standardised; so are
+    # measurements, which are non-negative, even on one range (scores from 1 to 10).
     mixed = rows * np.array([1000.0, 1.0, 0.01], dtype=np.float32)
     _, scale, _ = input_scaling(mixed, "tabular")
     np.testing.assert_allclose(scale, mixed.std(axis=0), rtol=1e-3)
+    for measurements in (np.abs(coordinates), coordinates + 10.0):  # not centred
+        _, scale, _ = input_scaling(measurements, "tabular")
+        np.testing.assert_allclose(scale, measurements.std(axis=0), rtol=1e-3)
