@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.utils.sparsefuncs import mean_variance_axis
 from sklearn.utils.validation import validate_data
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
@@ -259,16 +258,15 @@ def column_mean_and_variance(X) -> tuple[np.ndarray, np.ndarray]:
     return mean, sum_sq / n_seen
 
 
-def feature_mean_and_scale(X, image_shape=None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation (1 where constant), float32, sparse-aware.
+def feature_mean_and_scale(
+    mean: np.ndarray, var: np.ndarray, image_shape=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (1 where constant), float32, from the columns'
+    ``mean`` and ``var``.
 
     For images the statistics are per channel, spread over that channel's pixels, so that a
     shifted image is standardised like the original.
     """
-    if sp.issparse(X):
-        mean, var = mean_variance_axis(X, axis=0)
-    else:
-        mean, var = column_mean_and_variance(X)
     if image_shape is not None:
         channel_mean = mean.reshape(image_shape[0], -1).mean(axis=1, keepdims=True)
         # total variance of the channel = mean within-pixel variance + variance of pixel means

@@ -83,9 +83,6 @@ def input_scaling(X, kind: str, image_shape=None) -> tuple[np.ndarray, np.ndarra
     scale for all features.
     """
     n_features = X.shape[1]
-    if image_shape is not None:
-        mean, scale = feature_mean_and_scale(X, image_shape)
-        return mean, scale, False
     if kind == "sparse":
         # Rows of unit norm: their entries' mean square is 1 / n_features; no centring, so
         # that batches stay sparse (a constant shift is the first layer's bias anyway).
@@ -94,8 +91,10 @@ def input_scaling(X, kind: str, image_shape=None) -> tuple[np.ndarray, np.ndarra
     mean, variance = (
         mean_variance_axis(X, axis=0) if sp.issparse(X) else column_mean_and_variance(X)
     )
-    if kind == "tabular" and not _centred_on_a_common_scale(mean, variance):
-        mean, scale = feature_mean_and_scale(X)
+    if image_shape is not None or (
+        kind == "tabular" and not _centred_on_a_common_scale(mean, variance)
+    ):
+        mean, scale = feature_mean_and_scale(mean, variance, image_shape)
         return mean, scale, False
     overall_mean = mean.mean()
     overall_variance = (variance + mean**2).mean() - overall_mean**2
