@@ -9,30 +9,49 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class SparseLinear(nn.Linear):
-    """``nn.Linear`` that also multiplies a sparse (COO) batch directly.
+class SparseLinear(nn.Module):
+    """A linear layer ``x @ W.T + b``, as ``nn.Linear``, that also multiplies a sparse (COO) batch.
 
     Time and memory then follow the batch's non-zeros, not ``batch x n_features``. The weight
-    keeps ``nn.Linear``'s shape ``(out_features, in_features)`` but is stored as the transpose
-    of a contiguous ``(in_features, out_features)`` matrix, so that a sparse batch sums whole
-    contiguous rows of it (``embedding_bag``), which is many times faster than a sparse
-    product with the transposed weight.
+    is held as the contiguous ``(in_features, out_features)`` matrix ``W.T``, so that a sparse
+    batch sums whole rows of it (``embedding_bag``), many times faster than a sparse product
+    with ``W``, and Adam's fused step runs over contiguous memory. State dicts hold ``W`` in
+    ``nn.Linear``'s shape ``(out_features, in_features)``, as before this layout.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.weight = nn.Parameter(self.weight.detach().t().contiguous().t())
+        super().__init__()
+        linear = nn.Linear(in_features, out_features, bias)  # nn.Linear's initialisation
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous())
+        self.bias = linear.bias
+        self.register_state_dict_post_hook(_weight_as_linear)
+        self.register_load_state_dict_pre_hook(_weight_from_linear)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``nn.Linear``'s weight ``W``, of shape ``(out_features, in_features)``."""
+        return self.weight_t.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_sparse:
-            return super().forward(x)
+            return F.linear(x, self.weight, self.bias)
         x = x.coalesce()
         rows, columns = x.indices()
         offsets = torch.searchsorted(rows, torch.arange(x.shape[0], device=rows.device))
         out = F.embedding_bag(
-            columns, self.weight.t(), offsets, mode="sum", per_sample_weights=x.values()
+            columns, self.weight_t, offsets, mode="sum", per_sample_weights=x.values()
         )
         return out if self.bias is None else out + self.bias
+
+
+def _weight_as_linear(module, state_dict, prefix, local_metadata) -> None:
+    state_dict[prefix + "weight"] = state_dict.pop(prefix + "weight_t").t()
+
+
+def _weight_from_linear(module, state_dict, prefix, *args) -> None:
+    if prefix + "weight" in state_dict:
+        state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").t().contiguous()
 
 
 class MLPEncoder(nn.Module):

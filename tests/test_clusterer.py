@@ -656,14 +656,30 @@ def test_sparse_linear_gives_a_sparse_batch_the_dense_output_and_gradient():
     batch = torch.sparse_coo_tensor(np.vstack([X.row, X.col]), X.data, X.shape)
     sparse_out = layer(batch)
     (sparse_out**2).sum().backward()
-    sparse_grad = layer.weight.grad.clone()
-    layer.weight.grad = None
+    sparse_grad = layer.weight_t.grad.clone()
+    layer.weight_t.grad = None
     dense_out = layer(torch.from_numpy(X.toarray()))
     (dense_out**2).sum().backward()
-    assert layer.weight.shape == (6, 40)  # nn.Linear's, so state dicts keep their shapes
     torch.testing.assert_close(sparse_out, dense_out)
-    torch.testing.assert_close(sparse_grad, layer.weight.grad)
+    torch.testing.assert_close(sparse_grad, layer.weight_t.grad)
     torch.testing.assert_close(sparse_out[3], layer.bias.detach())
+    assert layer.weight_t.is_contiguous()  # what the fused optimizer step runs fast on
+
+
+def test_sparse_linear_state_dicts_hold_the_weight_as_nn_linear_does():
+    torch.manual_seed(0)
+    layer, linear = SparseLinear(40, 6), nn.Linear(40, 6)
+    state = layer.state_dict()
+    assert {name: tuple(value.shape) for name, value in state.items()} == {
+        "weight": (6, 40),
+        "bias": (6,),
+    }
+    linear.load_state_dict(state)
+    batch = torch.randn(5, 40)
+    torch.testing.assert_close(layer(batch), linear(batch))
+    reloaded = SparseLinear(40, 6)
+    reloaded.load_state_dict(linear.state_dict())
+    torch.testing.assert_close(reloaded(batch), linear(batch))
 
 
 def test_dataframe_fit_records_feature_names_and_predicts_on_frames(blobs):
