@@ -198,10 +198,8 @@ def autoencoder_codes(
     widths = (n_features, *_AUTOENCODER_LAYERS, n_codes)
     encoder = _relu_stack(widths).to(device)
     decoder = _relu_stack(widths[::-1]).to(device)
-    # foreach: the same steps bit for bit as the CPU's default per-tensor loop, with less
-    # overhead per step.
     parameters = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=1e-3, foreach=True)
+    optimizer = torch.optim.Adam(parameters, lr=1e-3, fused=True)  # one kernel per step
     batch_size = min(_AUTOENCODER_BATCH, n_samples)
     steps_per_pass = math.ceil(n_samples / batch_size)
     order = torch.empty(0, dtype=torch.int64)
