@@ -28,8 +28,7 @@ mixture. This start does the same, in four steps:
    two categories that many links join (MNIST's 3s and 5s) can merge while one category's halves
    stay apart; ``consensus_mixture`` then cuts the layout instead: mixtures of ``n_clusters``
    components from several seeds, of which the one that agrees best with the others is kept
-   (as N2D does, with a consensus against unlucky seeds). With ``clusters="likelier"`` both
-   cut the layout and the cut with the higher ``classification_likelihood`` is kept.
+   (as N2D does, with a consensus against unlucky seeds).
 """
 
 from __future__ import annotations
@@ -37,12 +36,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.linalg import solve_triangular
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
@@ -83,9 +80,6 @@ _PARTS_INITS = 2
 _PARTS_ROWS = 10_000
 # Mixtures of the layout whose consensus cuts it, with clusters="consensus".
 _CONSENSUS_SEEDS = 12
-# Covariance shrinkage of the clusters' Gaussians that score a cut, in units of the average
-# variance of a coordinate of the layout.
-_CUT_SHRINKAGE = 1e-3
 
 
 def layout_labels(
@@ -120,9 +114,8 @@ def layout_labels(
         Where the autoencoder trains and the neighbours are searched.
     fast_dtype : torch.dtype, default=torch.float32
         The precision of the autoencoder's training steps (bfloat16 under autocast).
-    clusters : {"merged", "consensus", "likelier"}, default="merged"
-        How the layout is cut: ``merged_mixture``, ``consensus_mixture``, or whichever of the
-        two gives the layout the higher ``classification_likelihood``.
+    clusters : {"merged", "consensus"}, default="merged"
+        How the layout is cut: ``merged_mixture`` or ``consensus_mixture``.
 
     Returns
     -------
@@ -139,13 +132,11 @@ def layout_labels(
         fast_dtype=fast_dtype,
     )
     layout = neighbour_layout(graph, max(n_clusters, 2), seed=int(rng.integers(2**31)))
-    seed = int(rng.integers(2**31))
-    cuts = []
-    if clusters in ("merged", "likelier"):
-        cuts.append(merged_mixture(layout, graph, n_clusters, min_cluster_size, seed=seed))
-    if clusters in ("consensus", "likelier"):
-        cuts.append(consensus_mixture(layout, n_clusters, seed=seed))
-    return max(cuts, key=partial(classification_likelihood, layout))
+    if clusters == "consensus":
+        return consensus_mixture(layout, n_clusters, seed=int(rng.integers(2**31)))
+    return merged_mixture(
+        layout, graph, n_clusters, min_cluster_size, seed=int(rng.integers(2**31))
+    )
 
 
 def input_neighbour_graph(X, metric: str, device: torch.device) -> sp.csr_matrix:
@@ -410,30 +401,6 @@ def consensus_mixture(layout: np.ndarray, n_clusters: int, *, seed: int) -> np.n
     for i, j in zip(*np.triu_indices(len(candidates), k=1), strict=True):
         agreement[i, j] = agreement[j, i] = adjusted_rand_score(candidates[i], candidates[j])
     return candidates[int(agreement.sum(axis=1).argmax())].astype(np.int64)
-
-
-def classification_likelihood(layout: np.ndarray, labels: np.ndarray) -> float:
-    """The mean log-likelihood of the rows of ``layout`` when each cluster of ``labels`` is one
-    Gaussian of its rows' share, mean and covariance (shrunk by ``_CUT_SHRINKAGE`` times the
-    average variance of a coordinate).
-
-    A cluster that joins two groups of the layout spreads over both, and a group cut in two
-    leaves each half with a narrow Gaussian but a share of its own; the cut that follows the
-    layout's groups scores higher, whatever their sizes.
-    """
-    layout = np.asarray(layout, dtype=np.float64)
-    n_samples, n_dims = layout.shape
-    shrinkage = _CUT_SHRINKAGE * float(layout.var(axis=0).mean()) * np.eye(n_dims)
-    total = 0.0
-    for cluster in np.unique(labels):
-        rows = layout[labels == cluster]
-        centred = rows - rows.mean(axis=0)
-        factor = np.linalg.cholesky(centred.T @ centred / len(rows) + shrinkage)
-        whitened = solve_triangular(factor, centred.T, lower=True)
-        half_log_det = np.log(np.diag(factor)).sum()
-        total += len(rows) * (np.log(len(rows) / n_samples) - half_log_det)
-        total -= (whitened**2).sum() / 2
-    return total / n_samples - n_dims * np.log(2 * np.pi) / 2
 
 
 def merged_by_links(

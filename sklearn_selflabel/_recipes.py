@@ -38,11 +38,10 @@ class Recipe:
         What the label steps of ``cluster_sizes="estimated"`` aim at: the sizes of the current
         clusters, or those after each row takes the vote of its nearest neighbours in the
         network's embedding, so that sizes can move where the start's were wrong.
-    layout_clusters : {"merged", "consensus", "likelier"}
+    layout_clusters : {"merged", "consensus"}
         How the layout start cuts its layout into clusters (``_layout.layout_labels``): parts
-        merged along their links, which keeps unequal categories, the consensus of mixtures
-        of ``n_clusters`` components, which does not merge two categories of about equal size,
-        or whichever of the two fits the layout better as one Gaussian per cluster.
+        merged along their links, which keeps unequal categories, or the consensus of mixtures
+        of ``n_clusters`` components, which does not merge two categories of about equal size.
     """
 
     metric: str
@@ -56,9 +55,7 @@ class Recipe:
 
 
 # Rows whose categories lie on manifolds that their nearest neighbours follow.
-_NEIGHBOURS = Recipe(
-    "cosine", ("mixture", "layout"), "neighbours", propagation=True, layout_clusters="likelier"
-)
+_NEIGHBOURS = Recipe("cosine", ("mixture", "layout"), "neighbours", propagation=True)
 
 RECIPES: dict[str, Recipe] = {
     # Measurements: a few columns, or wide ones on scales of their own.

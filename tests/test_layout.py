@@ -11,7 +11,6 @@ from sklearn.metrics import adjusted_rand_score
 
 from sklearn_selflabel import _layout
 from sklearn_selflabel._layout import (
-    classification_likelihood,
     consensus_mixture,
     fuzzy_neighbour_graph,
     input_neighbour_graph,
@@ -140,51 +139,6 @@ def test_consensus_mixture_keeps_the_mixture_that_agrees_with_the_others():
     assert labels.dtype == np.int64
     assert adjusted_rand_score(truth, labels) == 1.0
     np.testing.assert_array_equal(labels, consensus_mixture(points, 4, seed=0))
-
-
-def test_classification_likelihood_prefers_the_cut_that_follows_the_groups_whatever_sizes():
-    points, truth = make_blobs(
-        [400, 60, 60], centers=[[0, 0], [8, 0], [0, 8]], cluster_std=1.0, random_state=0
-    )
-    # Two wrong cuts of three clusters each: the small groups joined and the large one halved,
-    # or one point of the large group made a cluster of its own.
-    joined = np.where(truth == 2, 1, truth)
-    joined[np.flatnonzero(truth == 0)[::2]] = 2
-    torn_off = truth.copy()
-    torn_off[truth == 2] = 1
-    torn_off[np.flatnonzero(truth == 0)[0]] = 2
-    right = classification_likelihood(points, truth)
-    assert right > classification_likelihood(points, joined)
-    assert right > classification_likelihood(points, torn_off)
-    assert classification_likelihood(points, truth) == classification_likelihood(
-        points, 2 - truth
-    )  # names do not matter
-
-
-@pytest.mark.parametrize("better", ["merged", "consensus"])
-def test_the_likelier_cut_is_the_one_the_criterion_scores_higher(better, monkeypatch):
-    layout = np.random.default_rng(0).normal(size=(40, 2))
-    cuts = {"merged": np.arange(40) % 2, "consensus": (np.arange(40) >= 20).astype(np.int64)}
-    monkeypatch.setattr(_layout, "neighbour_graph", lambda *a, **k: sp.eye(40, format="csr"))
-    monkeypatch.setattr(_layout, "neighbour_layout", lambda *a, **k: layout)
-    monkeypatch.setattr(_layout, "merged_mixture", lambda *a, **k: cuts["merged"])
-    monkeypatch.setattr(_layout, "consensus_mixture", lambda *a, **k: cuts["consensus"])
-    monkeypatch.setattr(
-        _layout,
-        "classification_likelihood",
-        lambda _, labels: float(labels is cuts[better]),
-    )
-    labels = layout_labels(
-        np.ones((40, 3)),
-        2,
-        0,
-        standardize=lambda rows: rows,
-        input_graph=sp.eye(40, format="csr"),
-        min_cluster_size=1,
-        device=torch.device("cpu"),
-        clusters="likelier",
-    )
-    assert labels is cuts[better]
 
 
 @pytest.fixture
