@@ -114,6 +114,19 @@ def training_state(net) -> dict:
     return state
 
 
+def laid_out_as_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give each of ``optimizer``'s state tensors its parameter's memory layout, in place.
+
+    A loaded state is contiguous whatever the layout of its parameter (a convolution's weight
+    is channels-last); the fused Adam step reads a parameter, its gradient and its moments as
+    buffers of one layout, so moments laid out otherwise would be paired with other entries.
+    """
+    for parameter, entries in optimizer.state.items():
+        for name, value in entries.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape:
+                entries[name] = torch.empty_like(parameter).copy_(value)
+
+
 def restore_training_state(net, state: dict, *, buffers: bool = True) -> None:
     """Load ``state`` (from ``training_state``) into an initialised ``net``.
 
@@ -123,6 +136,7 @@ def restore_training_state(net, state: dict, *, buffers: bool = True) -> None:
     """
     net.module_.load_state_dict(state["module"])
     net.optimizer_.load_state_dict(state["optimizer"])
+    laid_out_as_parameters(net.optimizer_)
     net.history_ = History(state["history"])
     net.label_table_ = state["net"]["label_table_"]
     if buffers and state["propagation"] is not None:
