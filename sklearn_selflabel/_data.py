@@ -144,8 +144,11 @@ def row_tensor(X, start=None, stop=None, index=None, *, sparse: bool = False) ->
     """Rows of ``X`` (a slice or an index array) as a float32 tensor: sparse (COO) when
     ``sparse`` and ``X`` is a sparse matrix, else dense."""
     if sparse and sp.issparse(X):
-        rows = sp.coo_matrix(X[index] if index is not None else X[start:stop], dtype=np.float32)
-        rows.sum_duplicates()  # canonical: sorted (row, column), no index twice
+        rows = sp.csr_matrix(X[index] if index is not None else X[start:stop], dtype=np.float32)
+        # Canonical (sorted columns, no index twice): a no-op on rows of canonical CSR, whose
+        # COO form is then sorted by (row, column) as the tensor claims.
+        rows.sum_duplicates()
+        rows = rows.tocoo()
         indices = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
         return torch.sparse_coo_tensor(
             indices,

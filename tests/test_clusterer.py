@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy, sinkhorn_equipartition
+from sklearn_selflabel._data import row_tensor
 from sklearn_selflabel.augment import TermDropout
 from sklearn_selflabel.modules import SparseLinear
 from sklearn_selflabel.propagation import neighbour_link_partition
@@ -664,6 +665,24 @@ def test_sparse_linear_gives_a_sparse_batch_the_dense_output_and_gradient():
     torch.testing.assert_close(sparse_grad, layer.weight_t.grad)
     torch.testing.assert_close(sparse_out[3], layer.bias.detach())
     assert layer.weight_t.is_contiguous()  # what the fused optimizer step runs fast on
+
+
+@pytest.mark.parametrize("to_format", [sp.csr_matrix, sp.csc_matrix])
+def test_sparse_row_batches_are_canonical_whatever_the_stored_order(to_format):
+    # Rows whose columns are stored out of order and twice: SparseLinear reads a batch's
+    # entries as sorted by (row, column), one per index.
+    columns = np.array([5, 1, 5, 0, 3, 3, 2])
+    values = np.arange(1.0, 8.0)
+    X = sp.csr_matrix((values, columns, [0, 3, 3, 7]), shape=(3, 6))
+    assert not X.has_canonical_format
+    X = to_format(X)
+    dense = torch.from_numpy(X.toarray()).float()
+    for index in ([0, 1, 2], [2, 0]):
+        rows = row_tensor(X, index=np.array(index), sparse=True)
+        torch.testing.assert_close(rows.to_dense(), dense[index])
+        keys = rows.indices()[0] * X.shape[1] + rows.indices()[1]
+        assert torch.all(keys[1:] > keys[:-1])  # sorted, no index twice
+    torch.testing.assert_close(row_tensor(X, 1, 3, sparse=True).to_dense(), dense[1:])
 
 
 def test_sparse_linear_state_dicts_hold_the_weight_as_nn_linear_does():
