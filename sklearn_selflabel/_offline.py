@@ -43,8 +43,9 @@ _ESTIMATED_SIZES_FROM = 0.5
 _LEARNED_FIRST = ("mixture", "layout")
 _LEARNED_FIRST_FOR = 0.25
 # ... and skips label steps while the network's argmax agrees with fewer than this share of
-# its labels: a step on logits that have not learned the start would relabel rows at random.
-_LEARNED_AGREEMENT = 0.9
+# its labels: a step on logits that have not learned them moves the rows that the network has
+# not fitted yet to where its half-trained boundaries put them (user guide, "Flat rows").
+_LEARNED_AGREEMENT = 0.98
 
 
 @dataclass(frozen=True)

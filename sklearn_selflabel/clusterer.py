@@ -126,19 +126,18 @@ class SelfLabelingClusterer(
         ``"mixture"``: a Gaussian mixture with full covariances, shrunk by the amount that
         cross-validated likelihood picks, of the rows as the network sees them, fitted on at
         most 10,000 of them and their first 50 principal components; dense rows only.
-        ``"layout"``: a clustering of a layout of the rows, as N2D finds it: an autoencoder's
-        codes, the nearest-neighbour links that the codes and the input rows agree on, UMAP's
-        layout of those links in ``n_clusters`` dimensions, cut by a Gaussian mixture into
-        ``2 * n_clusters`` parts that merge by their links; dense rows only. From
-        ``"mixture"`` or ``"layout"`` the first label step waits for a quarter of the epochs
-        and until the network agrees with 90% of the labels, and from ``"mixture"`` noise
-        views are half as strong. ``"auto"``: the start of the kind's recipe (the user guide's
-        "Flat rows"): ``"mixture"`` for tabular and embedding rows, ``"mixture"`` for
-        non-negative dense rows where its clusters keep 98% of the input rows' neighbour
-        links, else of it and ``"layout"`` the one whose clusters keep more, ``"kmeans"``
-        for sparse rows, ``"layout"`` for images (``image_shape``) of more than 5,000 rows
-        and ``"random"`` for fewer. Online mode and ``partial_fit`` need ``"auto"``: they
-        label each batch or chunk from the network.
+        ``"layout"``: a clustering of a layout of the rows, as N2D finds it: an autoencoder's codes,
+        the nearest-neighbour links that the codes and the input rows agree on, UMAP's layout of
+        those links in ``n_clusters`` dimensions, cut by a Gaussian mixture into ``2 * n_clusters``
+        parts that merge by their links; dense rows only. From ``"mixture"`` or ``"layout"`` no
+        label step runs in the first quarter of the epochs, nor while the network's argmax disagrees
+        with over 2% of the labels, and from ``"mixture"`` noise views are half as strong.
+        ``"auto"``: the start of the kind's recipe (the user guide's "Flat rows"): ``"mixture"`` for
+        tabular and embedding rows, ``"mixture"`` for non-negative dense rows where its clusters
+        keep 98% of the input rows' neighbour links, else of it and ``"layout"`` the one whose
+        clusters keep more, ``"kmeans"`` for sparse rows, ``"layout"`` for images (``image_shape``)
+        of more than 5,000 rows and ``"random"`` for fewer. Online mode and ``partial_fit`` need
+        ``"auto"``: they label each batch or chunk from the network.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular rows: Gaussian noise of this
         many standard deviations per feature (half as many from ``init="mixture"``), and each
