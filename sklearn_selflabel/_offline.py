@@ -42,10 +42,6 @@ _ESTIMATED_SIZES_FROM = 0.5
 # plain schedule.
 _LEARNED_FIRST = ("mixture", "layout")
 _LEARNED_FIRST_FOR = 0.25
-# ... and skips label steps while the network's argmax agrees with fewer than this share of
-# its labels: a step on logits that have not learned them moves the rows that the network has
-# not fitted yet to where its half-trained boundaries put them (user guide, "Flat rows").
-_LEARNED_AGREEMENT = 0.98
 
 
 @dataclass(frozen=True)
@@ -71,6 +67,9 @@ class OfflineLabels:
     size_estimate: str = "held"
     # How the layout start cuts its layout (_layout.layout_labels's clusters).
     layout_clusters: str = "merged"
+    # From a start learned first, steps run only while the network's argmax agrees with this
+    # share of the labels (the kind's recipe).
+    learned_agreement: float = 0.98
 
     name: ClassVar[str] = "offline"
 
@@ -347,7 +346,7 @@ class LabelStep(Callback):
         embedding, logits = mode.evaluate(net, X, fast=True)
         if mode.learned_first:
             agreement = (logits.argmax(dim=-1) == net.label_table_).float().mean()
-            if agreement.item() < _LEARNED_AGREEMENT:
+            if agreement.item() < mode.learned_agreement:
                 return None
         if self.estimate_sizes_from is not None and epoch >= self.estimate_sizes_from:
             weights = mode.estimated_weights(embedding, net.label_table_)

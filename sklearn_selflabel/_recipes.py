@@ -42,6 +42,12 @@ class Recipe:
         How the layout start cuts its layout into clusters (``_layout.layout_labels``): parts
         merged along their links, which keeps unequal categories, or the consensus of mixtures
         of ``n_clusters`` components, which does not merge two categories of about equal size.
+    learned_agreement : float
+        From a start that the network learns first (mixture, layout), a label step runs only
+        while the network's argmax agrees with this share of the labels: where the start is
+        the best estimate (flat rows), a step on a network that has not fitted it moves rows
+        to half-trained boundaries; where steps are to correct the start (images, whose
+        network learns categories from warped views), they run earlier.
     """
 
     metric: str
@@ -52,6 +58,7 @@ class Recipe:
     min_start_rows: int = 0
     sizes: str = "held"
     layout_clusters: str = "merged"
+    learned_agreement: float = 0.98
 
 
 # Rows whose categories lie on manifolds that their nearest neighbours follow.
@@ -75,5 +82,6 @@ RECIPES: dict[str, Recipe] = {
         min_start_rows=5_001,
         sizes="vote",
         layout_clusters="consensus",
+        learned_agreement=0.9,
     ),
 }

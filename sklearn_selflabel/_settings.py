@@ -249,6 +249,7 @@ def resolve_settings(
             repartition=starts == ("random",) and recipe.repartition,
             size_estimate=recipe.sizes,
             layout_clusters=recipe.layout_clusters,
+            learned_agreement=recipe.learned_agreement,
         )
     network = NetworkSettings(
         n_clusters=n_clusters,

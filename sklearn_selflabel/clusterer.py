@@ -131,13 +131,13 @@ class SelfLabelingClusterer(
         those links in ``n_clusters`` dimensions, cut by a Gaussian mixture into ``2 * n_clusters``
         parts that merge by their links; dense rows only. From ``"mixture"`` or ``"layout"`` no
         label step runs in the first quarter of the epochs, nor while the network's argmax disagrees
-        with over 2% of the labels, and from ``"mixture"`` noise views are half as strong.
-        ``"auto"``: the start of the kind's recipe (the user guide's "Flat rows"): ``"mixture"`` for
-        tabular and embedding rows, ``"mixture"`` for non-negative dense rows where its clusters
-        keep 98% of the input rows' neighbour links, else of it and ``"layout"`` the one whose
-        clusters keep more, ``"kmeans"`` for sparse rows, ``"layout"`` for images (``image_shape``)
-        of more than 5,000 rows and ``"random"`` for fewer. Online mode and ``partial_fit`` need
-        ``"auto"``: they label each batch or chunk from the network.
+        with over 2% of the labels (10% for images), and from ``"mixture"`` noise views are half as
+        strong. ``"auto"``: the start of the kind's recipe (the user guide's "Flat rows"):
+        ``"mixture"`` for tabular and embedding rows, ``"mixture"`` for non-negative dense rows
+        where its clusters keep 98% of the input rows' neighbour links, else of it and ``"layout"``
+        the one whose clusters keep more, ``"kmeans"`` for sparse rows, ``"layout"`` for images
+        (``image_shape``) of more than 5,000 rows and ``"random"`` for fewer. Online mode and
+        ``partial_fit`` need ``"auto"``: they label each batch or chunk from the network.
     augment_strength : float, default=0.5
         Strength of the training views. Tabular rows: Gaussian noise of this
         many standard deviations per feature (half as many from ``init="mixture"``), and each

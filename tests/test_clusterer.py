@@ -22,6 +22,7 @@ from torch import nn
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy, sinkhorn_equipartition
 from sklearn_selflabel._data import row_tensor
+from sklearn_selflabel._offline import OfflineLabels
 from sklearn_selflabel.augment import TermDropout
 from sklearn_selflabel.modules import SparseLinear
 from sklearn_selflabel.propagation import neighbour_link_partition
@@ -918,3 +919,40 @@ def test_tables_keep_a_common_scale_and_standardise_columns_on_scales_of_their_o
     for measurements in (np.abs(coordinates), coordinates + 10.0):  # not centred
         _, scale, _ = input_scaling(measurements, "tabular")
         np.testing.assert_allclose(scale, measurements.std(axis=0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("agreement, steps", [(0.98, False), (0.9, True)])
+def test_a_label_step_from_a_learned_start_waits_until_the_network_agrees(agreement, steps):
+    # The network's argmax agrees with 95% of the labels: a step runs under a 90% rule
+    # (images) and waits under a 98% rule (flat rows).
+    n_samples, n_clusters = 200, 4
+    labels = torch.arange(n_samples) % n_clusters
+    predicted = labels.clone()
+    predicted[:10] = (predicted[:10] + 1) % n_clusters
+    logits = 5.0 * torch.nn.functional.one_hot(predicted, n_clusters).float()[None]
+
+    class Net:
+        label_table_ = labels[None]
+        history: list = [{}]
+
+        def evaluate_rows(self, X, batch_size, fast=False):
+            return logits
+
+    mode = OfflineLabels(
+        n_clusters=n_clusters,
+        n_heads=1,
+        lamb=25.0,
+        tol=1e-6,
+        max_iter=1000,
+        n_label_steps=10,
+        cluster_sizes="equal",
+        batch_size=64,
+        starts=("mixture",),
+        learned_agreement=agreement,
+    )
+    step = mode.fit_label_step(n_epochs=10, seed=0)
+    step.solver_state_ = None
+    result = step.solve(Net(), np.zeros((n_samples, 1)))
+    assert (result is not None) == steps
+    if steps:
+        assert torch.equal(result.labels[0], predicted)
