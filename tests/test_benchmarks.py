@@ -79,9 +79,11 @@ def test_quality_job_runs_and_scores(tmp_path):
 def test_label_step_row_splits_the_solver_from_the_step():
     bench = load_script("bench_label_step")
     X, y = load_digits(return_X_y=True)
-    row = bench.label_step_row("digits", X[:300], y[:300], "defaults", {"max_epochs": 12}, 0)
+    # From the random split: steps run from the first epoch on.
+    params = {"max_epochs": 12, "init": "random"}
+    row = bench.label_step_row("digits", X[:300], y[:300], "random start", params, 0)
     cells = table_cells(row)
-    assert len(cells) == 11 and cells[:2] == ["digits", "defaults"]
+    assert len(cells) == 11 and cells[:2] == ["digits", "random start"]
     step_seconds, solver_seconds = float(cells[4]), float(cells[6])
     assert 0 < solver_seconds < step_seconds
 
@@ -274,3 +276,13 @@ def test_first_fit_child_fits_in_a_fresh_process():
     result = first_fit.run_child({"set": "iris", "fits": 2, "threads": 1, "preimport": True})
     assert len(result["seconds"]) == 2 and all(s > 0 for s in result["seconds"])
     assert result["import_s"] > 0
+
+
+def test_label_step_row_of_a_fit_without_label_steps_says_so():
+    bench = load_script("bench_label_step")
+    X, y = load_digits(return_X_y=True)
+    # Two epochs from the mixture start: no step in the first quarter, nor before the
+    # network has learned its start.
+    row = bench.label_step_row("digits", X[:300], y[:300], "defaults", {"max_epochs": 2}, 0)
+    cells = table_cells(row)
+    assert cells[3] == "0" and cells[8] == "-"
