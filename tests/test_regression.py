@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from sklearn.datasets import load_digits, make_blobs
+from sklearn.datasets import load_digits, load_iris, make_blobs
 
 from sklearn_selflabel import SelfLabelingClusterer
 
@@ -47,6 +47,11 @@ def uneven_blobs() -> np.ndarray:
 
 def digits() -> np.ndarray:
     return (load_digits().data[:200] / 16.0).astype(np.float32)
+
+
+def iris() -> np.ndarray:
+    X = load_iris().data
+    return ((X - X.mean(axis=0)) / X.std(axis=0)).astype(np.float32)
 
 
 def sparse_rows() -> sp.csr_matrix:
@@ -94,6 +99,8 @@ CONFIGURATIONS = {
         digits(), n_clusters=10, image_shape=(8, 8), max_epochs=4, propagation=False, n_init=1
     ),
     "nonnegative_layout": lambda: fit(digits(), n_clusters=10),
+    # The defaults on a real table: its label steps wait for the network to learn the start.
+    "tabular_iris_defaults": lambda: (SelfLabelingClusterer(3, random_state=0).fit(iris()), iris()),
     "sparse": lambda: fit(sparse_rows()),
     "sparse_documents": lambda: fit(documents()),
     "online": lambda: fit(blobs(), label_mode="online", queue_size=64),
