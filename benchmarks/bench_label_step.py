@@ -49,7 +49,7 @@ def label_step_row(name: str, X, y, setting: str, params: dict, seed: int) -> st
         f"| {name} | {setting} | {fit_seconds:.1f} | {len(steps)} | {step_seconds:.2f} "
         f"| {step_seconds / fit_seconds:.1%} | {solver_seconds:.3f} "
         f"| {solver_seconds / fit_seconds:.2%} | {iters[0] if iters else '-'} "
-        f"| {np.mean(iters[1:]) if len(iters) > 1 else float('nan'):.1f} | "
+        f"| {f'{np.mean(iters[1:]):.1f}' if len(iters) > 1 else '-'} | "
         f"{clustering_accuracy(y, model.labels_):.3f} |"
     )
 
