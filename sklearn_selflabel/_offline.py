@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
 from skorch.callbacks import Callback
 
 from ._data import holds_rows
@@ -140,14 +141,15 @@ class OfflineLabels:
         return held_cluster_weights(labels, self.n_clusters)
 
     def fitted_head(self, net: SelfLabelNet, X) -> FittedHead:
-        """The head with the lowest loss against its labels, and a last label step's prior.
+        """The head whose labels agree best with the other heads' (``consensus_head``), and a
+        last label step's prior.
 
         The last step, on the trained network's logits of ``X``, sets the cluster sizes that
         predict gives: ``argmax Q = argmax (lamb * logits + log b)``, rows scaled or not.
         """
         embedding, logits = self.evaluate(net, X)
         head_losses = net.head_losses(logits)
-        best = int(np.argmin(head_losses))
+        best = consensus_head(net.label_table_.cpu().numpy(), head_losses)
         weights = None
         if self.cluster_sizes == "estimated":
             weights = self.estimated_weights(embedding, net.label_table_[best])
@@ -158,6 +160,24 @@ class OfflineLabels:
             min_rows = math.ceil(MIN_CLUSTER_SHARE * logits.shape[1] / self.n_clusters)
             offsets = topped_up(logits[best], offsets, min_rows)
         return FittedHead(best, head_losses, offsets)
+
+
+def consensus_head(label_table: np.ndarray, head_losses: np.ndarray) -> int:
+    """The head of ``label_table`` ``(n_heads, n_samples)`` whose labels agree best with the
+    other heads' (the highest mean adjusted Rand index), the lower loss between equals.
+
+    Which head fits its labels best changes from epoch to epoch, by less than the heads'
+    clusterings differ; a head that many others agree with is a clustering that several starts
+    reached (user guide, "Heads").
+    """
+    n_heads = len(label_table)
+    agreement = np.zeros(n_heads)
+    for i in range(n_heads):
+        for j in range(i + 1, n_heads):
+            score = adjusted_rand_score(label_table[i], label_table[j])
+            agreement[i] += score
+            agreement[j] += score
+    return max(range(n_heads), key=lambda head: (agreement[head], -head_losses[head]))
 
 
 def topped_up(logits: torch.Tensor, offsets: np.ndarray, min_rows: int) -> np.ndarray:

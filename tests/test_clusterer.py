@@ -956,3 +956,18 @@ def test_a_label_step_from_a_learned_start_waits_until_the_network_agrees(agreem
     assert (result is not None) == steps
     if steps:
         assert torch.equal(result.labels[0], predicted)
+
+
+def test_the_consensus_head_agrees_most_with_the_others_and_breaks_ties_by_loss():
+    from sklearn_selflabel._offline import consensus_head
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(4), 50)
+    noisy = [np.where(rng.random(200) < 0.1, rng.integers(4, size=200), truth) for _ in range(4)]
+    merged = np.minimum(truth, 2)  # two categories merged
+    table = np.stack([merged, *noisy, merged])
+    losses = np.array([0.01, 0.5, 0.4, 0.3, 0.2, 0.02])
+    # the merged heads fit best, and the others agree with them least
+    assert consensus_head(table, losses) in (1, 2, 3, 4)
+    identical = np.stack([truth, truth, merged])
+    assert consensus_head(identical, np.array([0.3, 0.1, 0.2])) == 1
