@@ -141,15 +141,20 @@ class OfflineLabels:
         return held_cluster_weights(labels, self.n_clusters)
 
     def fitted_head(self, net: SelfLabelNet, X) -> FittedHead:
-        """The head whose labels agree best with the other heads' (``consensus_head``), and a
-        last label step's prior.
+        """The head whose labels agree best with the other heads' (``consensus_head``), or
+        where every head started from one clustering of the rows, the one with the lowest
+        loss; and a last label step's prior.
 
         The last step, on the trained network's logits of ``X``, sets the cluster sizes that
         predict gives: ``argmax Q = argmax (lamb * logits + log b)``, rows scaled or not.
         """
         embedding, logits = self.evaluate(net, X)
         head_losses = net.head_losses(logits)
-        best = consensus_head(net.label_table_.cpu().numpy(), head_losses)
+        if self.learned_first:
+            # Every head started from one clustering: they differ by noise, not by clusterings.
+            best = int(np.argmin(head_losses))
+        else:
+            best = consensus_head(net.label_table_.cpu().numpy(), head_losses)
         weights = None
         if self.cluster_sizes == "estimated":
             weights = self.estimated_weights(embedding, net.label_table_[best])

@@ -73,8 +73,8 @@ class SelfLabelingClusterer(
         With ``n_clusters="auto"``, the largest number the estimate may give; None: half the
         number of rows. Ignored otherwise.
     n_heads : int, default=8
-        Number of classifier heads, each with its own labels. ``predict`` uses the head whose
-        labels agree best with the other heads' (``best_head_``).
+        Number of classifier heads, each with its own labels. ``predict`` uses one of them,
+        ``best_head_``.
     hidden_layer_sizes : tuple of int, default=(512, 256)
         Widths of the hidden layers of the default MLP encoder.
     embedding_dim : int, default=64
@@ -270,10 +270,11 @@ class SelfLabelingClusterer(
     net_ : SelfLabelNet
         The fitted skorch network, with its ``history``.
     best_head_ : int
-        Index of the head used by ``predict`` and ``predict_proba``: the one whose labels of
-        the training rows agree best with the other heads' (the highest mean adjusted Rand
-        index; of equals, the lowest loss). In online mode, which keeps no labels of all rows,
-        the one with the lowest loss.
+        Index of the head used by ``predict`` and ``predict_proba``. Where the heads started
+        from clusterings of their own (``init="random"`` or ``"kmeans"``), the one whose
+        labels of the training rows agree best with the other heads' (the highest mean
+        adjusted Rand index; of equals, the lowest loss); where they all started from one
+        (``"mixture"``, ``"layout"``), and in online mode, the one with the lowest loss.
     head_losses_ : ndarray of shape (n_heads,)
         Each head's cross-entropy against its own labels on the clean training rows; in
         online mode, its mean cross-entropy against its per-batch labels over the last

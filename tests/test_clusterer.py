@@ -971,3 +971,26 @@ def test_the_consensus_head_agrees_most_with_the_others_and_breaks_ties_by_loss(
     assert consensus_head(table, losses) in (1, 2, 3, 4)
     identical = np.stack([truth, truth, merged])
     assert consensus_head(identical, np.array([0.3, 0.1, 0.2])) == 1
+
+
+@pytest.mark.parametrize(
+    "init, consensus", [("random", True), ("kmeans", True), ("mixture", False)]
+)
+def test_the_head_is_chosen_by_consensus_only_where_heads_had_starts_of_their_own(
+    init, consensus, monkeypatch
+):
+    from sklearn_selflabel import _offline
+
+    X = np.random.default_rng(0).random((150, 5))
+    picked = []
+
+    def last_head(table, losses):  # a choice that the lowest loss would not make
+        picked.append(len(table) - 1 if np.argmin(losses) != len(table) - 1 else 0)
+        return picked[-1]
+
+    monkeypatch.setattr(_offline, "consensus_head", last_head)
+    model = SelfLabelingClusterer(3, init=init, max_epochs=3, random_state=0).fit(X)
+    if consensus:
+        assert model.best_head_ == picked[-1]
+    else:
+        assert not picked and model.best_head_ == int(np.argmin(model.head_losses_))
