@@ -7,7 +7,7 @@ import torch
 from skorch.callbacks import Callback
 from torch import nn
 
-from ._callbacks import EpochProgress, FiniteLossGuard, PropagationRefresh
+from ._callbacks import EpochProgress, FiniteLossGuard, LabelsConverged, PropagationRefresh
 from ._checkpoint import EpochEndState
 from ._data import shuffled_batch_loader
 from ._geometry import input_scaling
@@ -73,9 +73,11 @@ def build_net(
 ) -> SelfLabelNet:
     """The skorch net that trains ``module`` with ``label_step`` and the settings' callbacks.
 
-    ``end_state`` comes last, so that an epoch counts as completed once everything else has
-    run.
+    ``end_state`` comes after the others, so that an epoch counts as completed once everything
+    else has run; only the stop at converged labels (the label step's ``n_steps_no_change``)
+    follows it.
     """
+    accelerator = settings.accelerator
     callbacks = [("label_step", label_step), ("finite_loss", FiniteLossGuard())]
     if settings.propagation is not None:
         refresh = PropagationRefresh(
@@ -85,11 +87,15 @@ def build_net(
             seed=seed,
         )
         callbacks.append(("propagation", refresh))
-    accelerator = settings.accelerator
     if settings.verbose == 1:
         main_process = accelerator is None or accelerator.is_local_main_process
         callbacks.append(("progress", EpochProgress(disable=not main_process)))
     callbacks.append(("epoch_end_state", end_state))
+    n_steps_no_change = getattr(label_step, "n_steps_no_change", None)
+    # Processes that stopped apart would wait for each other's gradients for ever.
+    one_process = accelerator is None or accelerator.num_processes == 1
+    if n_steps_no_change is not None and one_process:
+        callbacks.append(("labels_converged", LabelsConverged(n_steps_no_change)))
     accelerated = {}
     if accelerator is not None:
         # skorch's AccelerateMixin prints through accelerator.print whatever verbose says.

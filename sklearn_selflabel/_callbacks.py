@@ -1,4 +1,5 @@
-"""skorch callbacks that every label mode shares: progress, a divergence guard, propagation.
+"""skorch callbacks that every label mode shares: progress, a divergence guard, the stop at
+converged labels, propagation.
 
 The label steps themselves are the label modes' (``_offline``, ``_online``).
 """
@@ -75,6 +76,37 @@ class FiniteLossGuard(Callback):
                 f"The training loss became {loss} in epoch {len(net.history)}; the network "
                 f"diverged. Lower the learning rate (lr={net.lr}) or check the input scale."
             )
+
+
+class LabelsConverged(Callback):
+    """End training, as skorch's ``EarlyStopping`` does, once ``n_steps`` consecutive label
+    steps have changed no label: the labels are a fixed point of the label step, and the
+    epochs left would train on labels that no longer move.
+
+    It must come after every other callback, so that the epoch it stops after has completed.
+    ``stopped_after_`` is the number of epochs completed when it stopped training (None while
+    training goes on), which tells a fit that converged from one cut short by Ctrl-C.
+
+    Parameters
+    ----------
+    n_steps : int
+        Consecutive label steps without a changed label (``label_step`` and
+        ``labels_changed`` in the history) after which training ends.
+    """
+
+    def __init__(self, n_steps: int) -> None:
+        self.n_steps = n_steps
+
+    def on_train_begin(self, net, **kwargs) -> None:
+        self.stopped_after_ = None
+
+    def on_epoch_end(self, net, **kwargs) -> None:
+        if not net.history[-1].get("label_step"):
+            return
+        changed = [row["labels_changed"] for row in net.history if row.get("label_step")]
+        if len(changed) >= self.n_steps and not any(changed[-self.n_steps :]):
+            self.stopped_after_ = len(net.history)
+            raise KeyboardInterrupt  # skorch's way to end fit_loop early
 
 
 class PropagationRefresh(Callback):

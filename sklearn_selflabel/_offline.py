@@ -72,6 +72,9 @@ class OfflineLabels:
     # share of the labels. Settings pass the kind's recipe; the default is the rule of models
     # saved before the recipes set it.
     learned_agreement: float = 0.9
+    # A fit ends once this many consecutive label steps have changed no label (None: it trains
+    # every epoch, the rule of models saved before this field).
+    n_steps_no_change: int | None = None
 
     name: ClassVar[str] = "offline"
 
@@ -99,7 +102,11 @@ class OfflineLabels:
         if self.cluster_sizes == "estimated":
             estimate_from = self.estimate_sizes_from * epochs.max()
         return LabelStep(
-            frozenset(epochs.tolist()), mode=self, seed=seed, estimate_sizes_from=estimate_from
+            frozenset(epochs.tolist()),
+            mode=self,
+            seed=seed,
+            estimate_sizes_from=estimate_from,
+            n_steps_no_change=self.n_steps_no_change,
         )
 
     def chunk_label_step(self) -> ChunkLabelStep:
@@ -313,11 +320,13 @@ class LabelStep(Callback):
         mode: OfflineLabels,
         seed: int,
         estimate_sizes_from: float | None = None,
+        n_steps_no_change: int | None = None,
     ) -> None:
         self.epochs = epochs
         self.mode = mode
         self.seed = seed
         self.estimate_sizes_from = estimate_sizes_from
+        self.n_steps_no_change = n_steps_no_change
 
     def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
         if holds_rows(getattr(net, "label_table_", None), len(X), axis=1):

@@ -250,6 +250,7 @@ def resolve_settings(
             size_estimate=recipe.sizes,
             layout_clusters=recipe.layout_clusters,
             learned_agreement=recipe.learned_agreement,
+            n_steps_no_change=est.n_steps_no_change,
         )
     network = NetworkSettings(
         n_clusters=n_clusters,

@@ -110,14 +110,16 @@ def _train(settings: Settings, dataset: IndexedRows, seed: int):
 
 
 def _after_training(net, end_state: EpochEndState, n_epochs: int) -> Interruption | None:
-    """Check that training ran to the end; act on an interruption as ``on_interrupt`` says.
+    """Check that training ran to the end, or to converged labels; act on an interruption as
+    ``on_interrupt`` says.
 
     skorch ends training quietly on a KeyboardInterrupt (Ctrl-C) and returns, so a net
     cut off mid-training is told apart by its count of completed epochs.
     """
     last_state = end_state.release()
     n_done = end_state.n_completed_epochs_
-    if n_done >= n_epochs:
+    converged = dict(net.callbacks_).get("labels_converged")
+    if n_done >= n_epochs or (converged is not None and converged.stopped_after_ == n_done):
         return None
     if last_state is None:  # on_interrupt="restore", or no epoch had completed
         raise KeyboardInterrupt(

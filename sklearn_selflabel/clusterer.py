@@ -108,6 +108,10 @@ class SelfLabelingClusterer(
     n_label_steps : int, default=60
         Number of label steps, placed after epoch ``(max_epochs - 1) * (i / n_label_steps)**2``
         for ``i = 0 .. n_label_steps - 1`` (coinciding epochs merge).
+    n_steps_no_change : int or None, default=3
+        ``fit`` ends before ``max_epochs`` once this many consecutive label steps have changed
+        no label (``n_iter_`` tells the epochs run); None trains every epoch. Offline
+        ``label_mode`` on one process only.
     cluster_sizes : {"equal", "estimated"}, default="estimated"
         Cluster sizes that the label steps aim at. ``"equal"``: SeLa's equipartition in every
         step, and in the last one, run on the trained network to fix what ``predict`` gives
@@ -356,6 +360,7 @@ class SelfLabelingClusterer(
         "sinkhorn_tol": [Interval(Real, 0, None, closed="neither")],
         "sinkhorn_max_iter": [Interval(Integral, 1, None, closed="left")],
         "n_label_steps": [Interval(Integral, 1, None, closed="left")],
+        "n_steps_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "cluster_sizes": [StrOptions({"equal", "estimated"})],
         "init": [StrOptions({"auto", "random", "kmeans", "mixture", "layout"})],
         "augment_strength": [Interval(Real, 0, None, closed="left")],
@@ -399,6 +404,7 @@ class SelfLabelingClusterer(
         sinkhorn_tol: float = 1e-3,
         sinkhorn_max_iter: int = 100,
         n_label_steps: int = 60,
+        n_steps_no_change: int | None = 3,
         cluster_sizes: str = "estimated",
         init: str = "auto",
         augment_strength: float = 0.5,
@@ -438,6 +444,7 @@ class SelfLabelingClusterer(
         self.sinkhorn_tol = sinkhorn_tol
         self.sinkhorn_max_iter = sinkhorn_max_iter
         self.n_label_steps = n_label_steps
+        self.n_steps_no_change = n_steps_no_change
         self.cluster_sizes = cluster_sizes
         self.init = init
         self.augment_strength = augment_strength

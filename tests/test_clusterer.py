@@ -994,3 +994,52 @@ def test_the_head_is_chosen_by_consensus_only_where_heads_had_starts_of_their_ow
         assert model.best_head_ == picked[-1]
     else:
         assert not picked and model.best_head_ == int(np.argmin(model.head_losses_))
+
+
+def test_a_fit_ends_once_its_label_steps_change_no_label(blobs):
+    X, _ = blobs
+    params = dict(n_clusters=3, max_epochs=40, random_state=0)
+    stopped = SelfLabelingClusterer(**params).fit(X)
+    full = SelfLabelingClusterer(n_steps_no_change=None, **params).fit(X)
+    assert full.n_iter_ == 40
+    assert stopped.n_iter_ < 40
+    history = stopped.net_.history
+    assert len(history) == stopped.n_iter_
+    changed = [row["labels_changed"] for row in history if row["label_step"]]
+    assert len(changed) >= 3 and changed[-3:] == [0.0, 0.0, 0.0]
+    assert history[-1, "label_step"]  # it stops right after the third such step
+    assert any(changed[:-3]) or len(changed) == 3  # and not before it
+
+
+@pytest.mark.parametrize(
+    "changes, stops",
+    [
+        ([0.1, 0.0, 0.0], False),
+        ([0.1, 0.0, 0.0, 0.0], True),
+        ([0.0, 0.0, None, 0.0], True),  # None: an epoch without a step
+        ([0.1, 0.0, 0.0, None, None], False),  # epochs without a step are not steps
+        ([0.0, 0.0, 0.01, 0.0, 0.0], False),
+    ],
+)
+def test_labels_converged_counts_consecutive_steps_without_a_change(changes, stops):
+    from skorch.history import History
+
+    from sklearn_selflabel._callbacks import LabelsConverged
+
+    class Net:
+        history = History()
+
+    callback = LabelsConverged(3)
+    callback.on_train_begin(Net())
+    for epoch, change in enumerate(changes):
+        Net.history.new_epoch()
+        Net.history.record("label_step", change is not None)
+        Net.history.record("labels_changed", change or 0.0)
+        last = epoch == len(changes) - 1
+        if last and stops:
+            with pytest.raises(KeyboardInterrupt):
+                callback.on_epoch_end(Net())
+            assert callback.stopped_after_ == len(changes)
+        else:
+            callback.on_epoch_end(Net())
+    assert (callback.stopped_after_ is not None) == stops

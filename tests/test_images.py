@@ -205,8 +205,15 @@ def test_auto_n_init_trains_small_image_fits_from_the_random_split_twice(tmp_pat
 
 def test_auto_epochs_from_the_random_split_give_enough_steps():
     X = np.random.default_rng(0).random((40, 16)).astype(np.float32)
+    # Every epoch runs: no stop at unchanged labels.
     params = dict(
-        n_clusters=2, n_heads=1, embedding_dim=4, propagation=False, init="random", random_state=0
+        n_clusters=2,
+        n_heads=1,
+        embedding_dim=4,
+        propagation=False,
+        init="random",
+        n_steps_no_change=None,
+        random_state=0,
     )
 
     def image_epochs(batch_size: int) -> int:
