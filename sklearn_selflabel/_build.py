@@ -95,7 +95,8 @@ def build_net(
     # Processes that stopped apart would wait for each other's gradients for ever.
     one_process = accelerator is None or accelerator.num_processes == 1
     if n_steps_no_change is not None and one_process:
-        callbacks.append(("labels_converged", LabelsConverged(n_steps_no_change)))
+        stop = LabelsConverged(n_steps_no_change, not_before=label_step.repartition_epoch() or 0)
+        callbacks.append(("labels_converged", stop))
     accelerated = {}
     if accelerator is not None:
         # skorch's AccelerateMixin prints through accelerator.print whatever verbose says.

@@ -92,10 +92,14 @@ class LabelsConverged(Callback):
     n_steps : int
         Consecutive label steps without a changed label (``label_step`` and
         ``labels_changed`` in the history) after which training ends.
+    not_before : int, default=0
+        Only the steps from this (0-based) epoch on count: labels that settle before the
+        label steps' re-partition are not the fit's last word.
     """
 
-    def __init__(self, n_steps: int) -> None:
+    def __init__(self, n_steps: int, not_before: int = 0) -> None:
         self.n_steps = n_steps
+        self.not_before = not_before
 
     def on_train_begin(self, net, **kwargs) -> None:
         self.stopped_after_ = None
@@ -103,7 +107,11 @@ class LabelsConverged(Callback):
     def on_epoch_end(self, net, **kwargs) -> None:
         if not net.history[-1].get("label_step"):
             return
-        changed = [row["labels_changed"] for row in net.history if row.get("label_step")]
+        changed = [
+            row["labels_changed"]
+            for epoch, row in enumerate(net.history)
+            if epoch >= self.not_before and row.get("label_step")
+        ]
         if len(changed) >= self.n_steps and not any(changed[-self.n_steps :]):
             self.stopped_after_ = len(net.history)
             raise KeyboardInterrupt  # skorch's way to end fit_loop early

@@ -1012,16 +1012,18 @@ def test_a_fit_ends_once_its_label_steps_change_no_label(blobs):
 
 
 @pytest.mark.parametrize(
-    "changes, stops",
+    "changes, not_before, stops",
     [
-        ([0.1, 0.0, 0.0], False),
-        ([0.1, 0.0, 0.0, 0.0], True),
-        ([0.0, 0.0, None, 0.0], True),  # None: an epoch without a step
-        ([0.1, 0.0, 0.0, None, None], False),  # epochs without a step are not steps
-        ([0.0, 0.0, 0.01, 0.0, 0.0], False),
+        ([0.1, 0.0, 0.0], 0, False),
+        ([0.1, 0.0, 0.0, 0.0], 0, True),
+        ([0.0, 0.0, None, 0.0], 0, True),  # None: an epoch without a step
+        ([0.1, 0.0, 0.0, None, None], 0, False),  # epochs without a step are not steps
+        ([0.0, 0.0, 0.01, 0.0, 0.0], 0, False),
+        ([0.0, 0.0, 0.0, 0.0, 0.0], 3, False),  # steps before the re-partition do not count
+        ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 3, True),
     ],
 )
-def test_labels_converged_counts_consecutive_steps_without_a_change(changes, stops):
+def test_labels_converged_counts_consecutive_steps_without_a_change(changes, not_before, stops):
     from skorch.history import History
 
     from sklearn_selflabel._callbacks import LabelsConverged
@@ -1029,7 +1031,7 @@ def test_labels_converged_counts_consecutive_steps_without_a_change(changes, sto
     class Net:
         history = History()
 
-    callback = LabelsConverged(3)
+    callback = LabelsConverged(3, not_before=not_before)
     callback.on_train_begin(Net())
     for epoch, change in enumerate(changes):
         Net.history.new_epoch()
