@@ -1,10 +1,9 @@
 """The cost of a process's first fit: seconds of several fits in one fresh process.
 
 Each set is fitted ``--fits`` times in a child process of its own (defaults,
-``random_state=0``, ``--threads`` torch threads); the table gives every fit's seconds and
-what the first costs beyond the mean of the others. The child also times, before it fits,
-the imports that creating the first torch optimizer triggers (``torch._dynamo``), when
-``--preimport`` asks for it: the difference between the two runs is that import's share.
+``random_state=0``, ``--threads`` torch threads); the table gives the seconds of importing the
+package (which imports ``torch._dynamo``, what torch's optimizers would otherwise import in the
+first fit), every fit's seconds, and what the first costs beyond the mean of the others.
 Writes ``benchmarks/results/first_fit.md``.
 
     python benchmarks/first_fit.py
@@ -31,13 +30,10 @@ warnings.filterwarnings("ignore")
 import torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
-imported = None
-if spec["preimport"]:
-    start = time.perf_counter()
-    import torch._dynamo  # what torch.optim imports when the first optimizer is created
-    imported = time.perf_counter() - start
 from sklearn import datasets
+start = time.perf_counter()
 from sklearn_selflabel import SelfLabelingClusterer
+imported = time.perf_counter() - start
 X, y = getattr(datasets, "load_" + spec["set"])(return_X_y=True)
 seconds = []
 for _ in range(spec["fits"]):
@@ -67,25 +63,22 @@ def main() -> None:
         f"`python benchmarks/first_fit.py {' '.join(sys.argv[1:])}` "
         f"({platform.processor() or 'CPU'}, {args.threads} torch thread(s)): seconds of "
         f'{args.fits} default fits in one fresh process; "extra" is the first fit\'s '
-        "seconds less the mean of the others. With `torch._dynamo` imported before the first "
-        "fit, the import's own seconds are shown.",
+        'seconds less the mean of the others; "import s" is `import sklearn_selflabel` (after '
+        "torch and scikit-learn), which imports `torch._dynamo` so that the first fit need not.",
         "",
-        "| set | torch._dynamo imported first | import s | fit s, in order | extra s |",
-        "|---|---|---|---|---|",
+        "| set | import s | fit s, in order | extra s |",
+        "|---|---|---|---|",
     ]
     for name in args.sets:
-        for preimport in (False, True):
-            spec = {"set": name, "fits": args.fits, "threads": args.threads, "preimport": preimport}
-            result = run_child(spec)
-            seconds = result["seconds"]
-            extra = seconds[0] - float(np.mean(seconds[1:]))
-            imported = "" if result["import_s"] is None else f"{result['import_s']:.2f}"
-            row = (
-                f"| {name} | {'yes' if preimport else 'no'} | {imported} | "
-                f"{', '.join(f'{s:.2f}' for s in seconds)} | {extra:+.2f} |"
-            )
-            print(row, flush=True)
-            lines.append(row)
+        result = run_child({"set": name, "fits": args.fits, "threads": args.threads})
+        seconds = result["seconds"]
+        extra = seconds[0] - float(np.mean(seconds[1:]))
+        row = (
+            f"| {name} | {result['import_s']:.2f} | "
+            f"{', '.join(f'{s:.2f}' for s in seconds)} | {extra:+.2f} |"
+        )
+        print(row, flush=True)
+        lines.append(row)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output}")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+# torch's optimizers import torch._dynamo when first created or stepped (a second or two):
+# importing it with the package keeps that cost out of the first fit of a process.
+import torch._dynamo  # noqa: F401
 from skorch.callbacks import Callback
 from torch import nn
 

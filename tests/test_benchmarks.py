@@ -258,22 +258,21 @@ def test_first_fit_reports_what_the_first_fit_costs_beyond_the_others(tmp_path, 
 
     def fake_child(spec):
         runs.append(spec)
-        return {"seconds": [3.0, 1.0, 2.0], "import_s": 1.5 if spec["preimport"] else None}
+        return {"seconds": [3.0, 1.0, 2.0], "import_s": 1.5}
 
     monkeypatch.setattr(first_fit, "run_child", fake_child)
     output = tmp_path / "first_fit.md"
     monkeypatch.setattr(sys, "argv", ["first_fit.py", "--sets", "wine", "--output", str(output)])
     first_fit.main()
-    assert [spec["preimport"] for spec in runs] == [False, True]
+    assert [spec["set"] for spec in runs] == ["wine"]
     lines = output.read_text().splitlines()
     rows = [table_cells(line) for line in lines if line.startswith("| wine")]
-    assert rows[0] == ["wine", "no", "", "3.00, 1.00, 2.00", "+1.50"]
-    assert rows[1][:3] == ["wine", "yes", "1.50"]
+    assert rows == [["wine", "1.50", "3.00, 1.00, 2.00", "+1.50"]]
 
 
 def test_first_fit_child_fits_in_a_fresh_process():
     first_fit = load_script("first_fit")
-    result = first_fit.run_child({"set": "iris", "fits": 2, "threads": 1, "preimport": True})
+    result = first_fit.run_child({"set": "iris", "fits": 2, "threads": 1})
     assert len(result["seconds"]) == 2 and all(s > 0 for s in result["seconds"])
     assert result["import_s"] > 0
 
