@@ -21,6 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
+from threadpoolctl import threadpool_limits
 
 from ._data import chunked_rows
 from ._layout import input_neighbour_graph, layout_labels
@@ -47,6 +48,9 @@ _SHRINKAGE_FOLDS = 3
 _KMEANS_INITS = 10
 
 
+# The starts' linear algebra is on small matrices (at most 10,000 x 50 rows, 50 x 50
+# factorizations), where BLAS threads cost more in synchronization than they save.
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def initial_labels(
     X,
     starts: tuple[str, ...],
