@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits, load_iris
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -285,3 +285,11 @@ def test_label_step_row_of_a_fit_without_label_steps_says_so():
     row = bench.label_step_row("digits", X[:300], y[:300], "defaults", {"max_epochs": 2}, 0)
     cells = table_cells(row)
     assert cells[3] == "0" and cells[8] == "-"
+
+
+def test_profile_fit_reports_the_fit_and_its_costliest_calls():
+    profile_fit = load_script("profile_fit")
+    X, y = load_iris(return_X_y=True)
+    seconds, accuracy, report = profile_fit.profile_fit(X, y, seed=0, top=5, max_epochs=2)
+    assert seconds > 0 and 0 < accuracy <= 1
+    assert "cumulative" in report and "fit" in report
