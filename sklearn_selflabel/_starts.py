@@ -48,8 +48,8 @@ _SHRINKAGE_FOLDS = 3
 _KMEANS_INITS = 10
 
 
-# The starts' linear algebra is on small matrices (at most 10,000 x 50 rows, 50 x 50
-# factorizations), where BLAS threads cost more in synchronization than they save.
+# The starts' linear algebra is on small matrices (at most MIXTURE_ROWS x MIXTURE_COMPONENTS,
+# factorizations of MIXTURE_COMPONENTS squared), where BLAS threads cost more than they save.
 @threadpool_limits.wrap(limits=1, user_api="blas")
 def initial_labels(
     X,
