@@ -56,9 +56,9 @@ def wide_signed_rows(data_dir: Path):
     if path.exists():
         with np.load(path) as data:
             X, y = data["X"].astype(np.float32), data["y"]
-        centred = X - X.mean(axis=0)
-        yield "mvtec_resnet18, centred", centred, y
-        yield "mvtec_resnet18, centred and L2-normalised", normalize(centred), y
+        centered = X - X.mean(axis=0)
+        yield "mvtec_resnet18, centred", centered, y
+        yield "mvtec_resnet18, centred and L2-normalised", normalize(centered), y
     else:
         print(f"{path} missing, skipped")
     X, y = load_digits(return_X_y=True)

@@ -50,9 +50,9 @@ SETS = ("blobs3", "blobs12", "blobs30", "digits", "usps", "letter", "text", "win
 def data(name: str, data_dir: Path):
     """``(X, y, image_shape or None)``."""
     if name in BLOBS:
-        centres = BLOBS[name]
+        centers = BLOBS[name]
         X, y = make_blobs(
-            n_samples=100 * max(centres, 15), centers=centres, n_features=16, random_state=0
+            n_samples=100 * max(centers, 15), centers=centers, n_features=16, random_state=0
         )
         return X.astype(np.float32), y, None
     X, y, shape = load(name, data_dir)

@@ -280,7 +280,7 @@ def key(job: dict) -> str:
     return json.dumps([job["table"], job["data"], job["method"], job["seed"], job["params"]])
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarize(rows: list[dict]) -> dict:
     def stat(name):
         values = np.array([r[name] for r in rows])
         return values.mean(), values.std()
@@ -327,7 +327,7 @@ def ablation_table(results: list[dict], data: str, configs: dict, table: str) ->
             else select(results, table, data, method)
         )
         if rows:
-            s = summarise(rows)
+            s = summarize(rows)
             lines.append(
                 f"| {label} | {fmt(s['acc'])} | {fmt(s['nmi'])} | {s['fit_s']:.1f} | "
                 f"{s['min_share']:.2f} | {s['n']} |"
@@ -361,7 +361,7 @@ def tables(results: list[dict], datasets: list[str], data_dir: Path) -> tuple[st
             rows = select(results, "main", data, method)
             if not rows:
                 continue
-            s = summary.setdefault(data, {})[method] = summarise(rows)
+            s = summary.setdefault(data, {})[method] = summarize(rows)
             lines.append(
                 f"| {method_label(method)} | {fmt(s['acc'])} | {fmt(s['nmi'])} | "
                 f"{fmt(s['ari'])} | {s['fit_s']:.1f} | {s['min_share']:.2f} | {s['n']} |"

@@ -63,7 +63,7 @@ def module_for(
         torch.from_numpy(mean),
         torch.from_numpy(scale),
         augment,
-        normalise_rows=sparse,
+        normalize_rows=sparse,
         sparse_input=network.sparse_batches,
     )
 

@@ -18,7 +18,7 @@ from skorch.callbacks import Callback
 from tqdm import tqdm
 
 from ._data import chunked_rows, holds_rows, iter_row_batches
-from .augment import NeighbourViews
+from .augment import NeighborViews
 from .propagation import InvariancePropagation, hardest_positives, nearest_neighbors
 
 if TYPE_CHECKING:
@@ -154,8 +154,8 @@ class PropagationRefresh(Callback):
     def on_train_begin(self, net, X=None, y=None, **kwargs) -> None:
         if net.propagation_ is not None and holds_rows(net.propagation_.bank, len(X), axis=0):
             # A resumed fit keeps the memory bank, positives and views of its checkpoint.
-            if net.neighbour_views_ is not None:
-                net.neighbour_views_.bind(X.X)
+            if net.neighbor_views_ is not None:
+                net.neighbor_views_.bind(X.X)
             return
         s = self.settings
         features = self._input_features(net, X.X)
@@ -172,8 +172,8 @@ class PropagationRefresh(Callback):
             )
         if s.view_neighbors:
             views_rng = torch.Generator().manual_seed(self.seed + 1)
-            views = NeighbourViews(neighbors[:, : s.view_neighbors], views_rng)
-            net.neighbour_views_ = views.bind(X.X)
+            views = NeighborViews(neighbors[:, : s.view_neighbors], views_rng)
+            net.neighbor_views_ = views.bind(X.X)
         bank = net.evaluate_rows(X.X, self.batch_size, output="embedding", fast=True)
         generator = torch.Generator(device=net.device).manual_seed(self.seed)
         net.propagation_ = InvariancePropagation(
@@ -195,7 +195,7 @@ class PropagationRefresh(Callback):
         module = net.inference_module()
         return torch.cat(
             [
-                module.standardise(torch.from_numpy(rows).to(net.device))
+                module.standardize(torch.from_numpy(rows).to(net.device))
                 for rows in iter_row_batches(X, self.batch_size)
             ]
         )
@@ -215,4 +215,4 @@ class PropagationRefresh(Callback):
     def on_train_end(self, net, **kwargs) -> None:
         # The bank is an N x d training buffer; a fitted model does not need it, nor the views.
         net.propagation_ = None
-        net.neighbour_views_ = None
+        net.neighbor_views_ = None

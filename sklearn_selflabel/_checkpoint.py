@@ -25,7 +25,7 @@ from skorch.history import History
 from ._archive import ArchiveError, read_archive, write_archive
 from ._data import dense_rows
 from ._files import write_atomically
-from .augment import NeighbourViews
+from .augment import NeighborViews
 from .propagation import InvariancePropagation
 
 CHECKPOINT_NAME = "checkpoint.selflabel"
@@ -103,7 +103,7 @@ def training_state(net) -> dict:
         "history": list(net.history),
         "net": {"label_table_": getattr(net, "label_table_", None)},
         "propagation": None if net.propagation_ is None else net.propagation_.state_dict(),
-        "views": None if net.neighbour_views_ is None else net.neighbour_views_.state_dict(),
+        "views": None if net.neighbor_views_ is None else net.neighbor_views_.state_dict(),
         "label_step": label_step.state_dict(),
         "batch_order_rng": net.iterator_train__rng.bit_generator.state,
         # numpy, so that map_location never moves a generator state off the CPU
@@ -142,7 +142,7 @@ def restore_training_state(net, state: dict, *, buffers: bool = True) -> None:
     if buffers and state["propagation"] is not None:
         net.propagation_ = InvariancePropagation.from_state_dict(state["propagation"])
     if buffers and state["views"] is not None:  # bound to the rows when training begins
-        net.neighbour_views_ = NeighbourViews.from_state_dict(state["views"])
+        net.neighbor_views_ = NeighborViews.from_state_dict(state["views"])
     dict(net.callbacks_)["label_step"].load_state_dict(state["label_step"], net.device)
     net.iterator_train__rng.bit_generator.state = state["batch_order_rng"]
 

@@ -8,9 +8,9 @@ links form such regions (McInnes et al. 2018; BERTopic counts topics this way). 
 
 1. The rows' neighbour graph, as the layout start builds it, with no number of clusters in it:
    for images and other non-negative rows the links that an autoencoder's codes and the input
-   rows agree on (``_layout.neighbour_graph``); for other rows the input rows' own fuzzy
+   rows agree on (``_layout.neighbor_graph``); for other rows the input rows' own fuzzy
    neighbour graph, in the kind's metric, as the network sees them.
-2. Its layout in ``_LAYOUT_DIMS`` dimensions (``_layout.neighbour_layout``, fewer epochs than
+2. Its layout in ``_LAYOUT_DIMS`` dimensions (``_layout.neighbor_layout``, fewer epochs than
    the start's: the estimate needs the regions, not their fine arrangement).
 3. HDBSCAN of the layout, where a cluster must hold at least ``_MIN_CLUSTER_SHARE`` of the rows
    (and ``_MIN_CLUSTER_ROWS``). Of the ``k`` clusters it selects, those that hold at least half
@@ -38,10 +38,10 @@ from ._geometry import input_scaling
 from ._layout import (
     _MIN_CODES,
     _N_NEIGHBORS,
-    input_neighbour_graph,
+    input_neighbor_graph,
     knn_fuzzy_graph,
-    neighbour_graph,
-    neighbour_layout,
+    neighbor_graph,
+    neighbor_layout,
 )
 from ._recipes import RECIPES
 
@@ -118,17 +118,17 @@ def estimate_n_clusters(
     if n_samples > _MAX_ROWS:
         X = X[np.sort(rng.choice(n_samples, _MAX_ROWS, replace=False))]
         n_samples = _MAX_ROWS
-    mean, scale, normalise_rows = input_scaling(X, kind, image_shape)
+    mean, scale, normalize_rows = input_scaling(X, kind, image_shape)
     metric = RECIPES[kind].metric
     # Kinds whose categories lie on manifolds are linked through an autoencoder's codes.
     if "layout" in RECIPES[kind].starts and not sp.issparse(X):
         mean_, scale_ = torch.from_numpy(mean).to(device), torch.from_numpy(scale).to(device)
-        graph = neighbour_graph(
+        graph = neighbor_graph(
             X,
             _MIN_CODES,
             rng,
             standardize=lambda rows: (rows - mean_) / scale_,
-            input_graph=input_neighbour_graph(X, metric, device),
+            input_graph=input_neighbor_graph(X, metric, device),
             device=device,
             fast_dtype=fast_dtype,
             max_passes=_AUTOENCODER_PASSES,
@@ -138,11 +138,11 @@ def estimate_n_clusters(
             rows = sp.csr_matrix(X, dtype=np.float32)
         else:
             rows = np.vstack(list(chunked_rows(X))).astype(np.float32)
-            if metric == "euclidean" and not normalise_rows:
+            if metric == "euclidean" and not normalize_rows:
                 rows = (rows - mean) / scale
             rows = torch.from_numpy(rows).to(device)
         graph = knn_fuzzy_graph(rows, min(_N_NEIGHBORS, n_samples - 1), metric)
-    layout = neighbour_layout(
+    layout = neighbor_layout(
         graph, _LAYOUT_DIMS, seed=int(rng.integers(2**31)), n_epochs=_LAYOUT_EPOCHS, n_rounds=1
     )
     return density_count(layout, max_clusters)

@@ -59,7 +59,7 @@ def detect_kind(X) -> str:
     return "embedding"
 
 
-def _centred_on_a_common_scale(mean: np.ndarray, variance: np.ndarray) -> bool:
+def _centered_on_a_common_scale(mean: np.ndarray, variance: np.ndarray) -> bool:
     """Whether every feature's mean is within half its standard deviation of zero and the
     standard deviations are on a common range: coordinates (PCA's, standardised columns)."""
     std = np.sqrt(variance)
@@ -75,7 +75,7 @@ def _on_a_common_range(sizes: np.ndarray) -> bool:
 
 
 def input_scaling(X, kind: str, image_shape=None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``(mean, scale, normalise_rows)``: the network sees ``(x / |x| if normalise_rows) -
+    """``(mean, scale, normalize_rows)``: the network sees ``(x / |x| if normalize_rows) -
     mean) / scale``, float32 of shape ``(n_features,)``.
 
     Images (``image_shape``) are standardised per channel, tabular rows per feature unless
@@ -92,7 +92,7 @@ def input_scaling(X, kind: str, image_shape=None) -> tuple[np.ndarray, np.ndarra
         mean_variance_axis(X, axis=0) if sp.issparse(X) else column_mean_and_variance(X)
     )
     if image_shape is not None or (
-        kind == "tabular" and not _centred_on_a_common_scale(mean, variance)
+        kind == "tabular" and not _centered_on_a_common_scale(mean, variance)
     ):
         mean, scale = feature_mean_and_scale(mean, variance, image_shape)
         return mean, scale, False

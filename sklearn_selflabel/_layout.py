@@ -9,12 +9,12 @@ mixture. This start does the same, in four steps:
 
 1. ``autoencoder_codes``: a small autoencoder learns to reconstruct the standardised rows; its
    codes are the bottleneck's outputs.
-2. ``fuzzy_neighbour_graph``: each row is linked to its nearest neighbours among the codes and,
+2. ``fuzzy_neighbor_graph``: each row is linked to its nearest neighbours among the codes and,
    separately, among the input rows (in the kind's metric), each as UMAP's fuzzy graph, and
    only the links that both agree on are kept (their fuzzy intersection). Neither graph alone
    suits every data set (the codes' graph is the better on USPS and MNIST, the input's on
    sklearn digits); the links both hold cross categories less often than either's.
-3. ``neighbour_layout``: the graph is laid out in ``n_clusters`` dimensions by UMAP's objective
+3. ``neighbor_layout``: the graph is laid out in ``n_clusters`` dimensions by UMAP's objective
    (McInnes et al. 2018): a spectral start, then stochastic gradient steps that pull linked
    rows together and push random pairs apart, with a heavy-tailed kernel that separates groups.
 4. ``merged_mixture``: a Gaussian mixture of the layout with twice as many components as
@@ -107,7 +107,7 @@ def layout_labels(
         Maps a batch of raw rows to the rows as the network sees them (the autoencoder's
         input).
     input_graph : scipy.sparse.csr_matrix of shape (n_samples, n_samples)
-        The input rows' fuzzy neighbour graph (``input_neighbour_graph``).
+        The input rows' fuzzy neighbour graph (``input_neighbor_graph``).
     min_cluster_size : float
         Rows in the smallest cluster that the layout's parts may form.
     device : torch.device
@@ -122,7 +122,7 @@ def layout_labels(
     labels : ndarray of shape (n_samples,), int64
     """
     rng = np.random.default_rng(seed)
-    graph = neighbour_graph(
+    graph = neighbor_graph(
         X,
         max(n_clusters, _MIN_CODES),
         rng,
@@ -131,7 +131,7 @@ def layout_labels(
         device=device,
         fast_dtype=fast_dtype,
     )
-    layout = neighbour_layout(graph, max(n_clusters, 2), seed=int(rng.integers(2**31)))
+    layout = neighbor_layout(graph, max(n_clusters, 2), seed=int(rng.integers(2**31)))
     if clusters == "consensus":
         return consensus_mixture(layout, n_clusters, seed=int(rng.integers(2**31)))
     return merged_mixture(
@@ -139,14 +139,14 @@ def layout_labels(
     )
 
 
-def input_neighbour_graph(X, metric: str, device: torch.device) -> sp.csr_matrix:
-    """The fuzzy graph (``fuzzy_neighbour_graph``) of each dense row of ``X``'s
+def input_neighbor_graph(X, metric: str, device: torch.device) -> sp.csr_matrix:
+    """The fuzzy graph (``fuzzy_neighbor_graph``) of each dense row of ``X``'s
     ``_N_NEIGHBORS`` nearest neighbours among the rows, in ``metric``."""
     rows = torch.from_numpy(np.vstack(list(chunked_rows(X)))).float().to(device)
     return knn_fuzzy_graph(rows, min(_N_NEIGHBORS, X.shape[0] - 1), metric)
 
 
-def neighbour_graph(
+def neighbor_graph(
     X,
     n_codes: int,
     rng: np.random.Generator,
@@ -236,14 +236,14 @@ def _relu_stack(widths: tuple[int, ...]) -> nn.Sequential:
 
 
 def knn_fuzzy_graph(rows, n_neighbors: int, metric: str) -> sp.csr_matrix:
-    """``fuzzy_neighbour_graph`` of the ``n_neighbors`` nearest neighbours of each of
+    """``fuzzy_neighbor_graph`` of the ``n_neighbors`` nearest neighbours of each of
     ``rows`` (a tensor, or a sparse matrix) in ``metric``."""
-    return fuzzy_neighbour_graph(
+    return fuzzy_neighbor_graph(
         *nearest_neighbors(rows, n_neighbors, metric=metric, return_distance=True)
     )
 
 
-def fuzzy_neighbour_graph(neighbors: torch.Tensor, distances: torch.Tensor) -> sp.csr_matrix:
+def fuzzy_neighbor_graph(neighbors: torch.Tensor, distances: torch.Tensor) -> sp.csr_matrix:
     """UMAP's fuzzy graph of the k nearest neighbours: symmetric memberships in ``[0, 1]``.
 
     Row ``i``'s link to its neighbour ``j`` has membership ``exp(-(d_ij - rho_i) / sigma_i)``,
@@ -276,7 +276,7 @@ def fuzzy_neighbour_graph(neighbors: torch.Tensor, distances: torch.Tensor) -> s
     return sp.csr_matrix(directed + directed.T - directed.multiply(directed.T))
 
 
-def neighbour_layout(
+def neighbor_layout(
     graph: sp.csr_matrix,
     n_components: int,
     *,
@@ -333,13 +333,13 @@ def _spectral_start(graph: sp.coo_matrix, n_components: int, seed: int) -> np.nd
     rng = np.random.default_rng(seed)
     degrees = np.asarray(graph.sum(axis=1)).ravel()
     scaling = sp.diags(np.divide(1.0, np.sqrt(degrees), out=np.zeros(n_samples), where=degrees > 0))
-    normalised = sp.csr_matrix(scaling @ graph @ scaling)
+    normalized = sp.csr_matrix(scaling @ graph @ scaling)
     k = n_components + 1
     start = None
     if k < n_samples - 1:
         try:
             values, vectors = eigsh(
-                normalised,
+                normalized,
                 k=k,
                 which="LA",
                 tol=1e-4,

@@ -11,7 +11,7 @@ from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
 from ._data import iter_tensor_batches
-from .augment import NeighbourViews
+from .augment import NeighborViews
 from .propagation import InvariancePropagation
 
 
@@ -31,7 +31,7 @@ class SelfLabelNet(NeuralNet):
     # Set by the propagation callback when invariance propagation is on, and the neighbour
     # views of flat rows with it.
     propagation_: InvariancePropagation | None = None
-    neighbour_views_: NeighbourViews | None = None
+    neighbor_views_: NeighborViews | None = None
     # Attributes (prefixes) that hold tensors, pickled the way skorch pickles ``module_`` and
     # ``optimizer_``, so that a net pickled on CUDA unpickles onto the CPU where CUDA is absent.
     # "module" also covers the ``module`` parameter, which is the network instance itself, and
@@ -44,8 +44,8 @@ class SelfLabelNet(NeuralNet):
         self._set_training(True)
         rows, indices = unpack_data(batch)
         rows = to_tensor(rows, device=self.device)
-        if self.neighbour_views_ is not None:
-            rows = self.neighbour_views_(rows, indices)
+        if self.neighbor_views_ is not None:
+            rows = self.neighbor_views_(rows, indices)
         with self.autocast(True):
             embedding, logits = self.module_(rows, output="both")
             loss = self.get_loss(logits, indices, X=rows, training=True)

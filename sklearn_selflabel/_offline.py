@@ -31,7 +31,7 @@ from ._data import holds_rows
 from ._label_mode import FittedHead
 from ._net import SelfLabelNet
 from ._starts import MIN_CLUSTER_SHARE, initial_labels
-from .propagation import nearest_neighbors, neighbour_link_partition
+from .propagation import nearest_neighbors, neighbor_link_partition
 from .sinkhorn import SinkhornResult, sinkhorn_equipartition
 
 # From SeLa's random split, label steps aim at estimated sizes from this fraction of the last
@@ -302,7 +302,7 @@ class LabelStep(Callback):
     clusters (``held_cluster_weights``) rather than aiming at equal ones; where
     ``mode.repartition``, the first of those steps does not solve Sinkhorn but re-partitions:
     every head takes the partition of the embedding's nearest-neighbour links
-    (``neighbour_link_partition``), its clusters renamed to agree with that head's labels. That
+    (``neighbor_link_partition``), its clusters renamed to agree with that head's labels. That
     undoes what the equipartition forces on unequal categories (a large one split, two small
     ones merged), which the later steps could not undo. Every epoch records in the history:
     ``label_step`` (whether a step ran: a scheduled step that waits for the network to learn
@@ -366,7 +366,7 @@ class LabelStep(Callback):
         """Every head's labels from the neighbour links of the embedding of the rows ``X``."""
         n_clusters = self.mode.n_clusters
         embedding = net.evaluate_rows(X, self.mode.batch_size, output="embedding", fast=True)
-        partition = neighbour_link_partition(embedding, n_clusters, random_state=self.seed)
+        partition = neighbor_link_partition(embedding, n_clusters, random_state=self.seed)
         table = net.label_table_.cpu().numpy()
         renamed = [renamed_to_match(partition, head, n_clusters) for head in table]
         return torch.from_numpy(np.stack(renamed)).to(net.label_table_.device)

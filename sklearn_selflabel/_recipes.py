@@ -26,7 +26,7 @@ class Recipe:
         cross almost nowhere, else the one that they cross least.
     min_start_rows : int
         With fewer rows, ``init="auto"`` gives SeLa's random equal split instead.
-    views : {"noise", "neighbours", "terms", "affine"}
+    views : {"noise", "neighbors", "terms", "affine"}
         The training views: Gaussian noise and masked features, a point between a row and one
         of its input neighbours, dropped terms, or random affine warps of images.
     propagation : bool
@@ -62,15 +62,15 @@ class Recipe:
 
 
 # Rows whose categories lie on manifolds that their nearest neighbours follow.
-_NEIGHBOURS = Recipe("cosine", ("mixture", "layout"), "neighbours", propagation=True)
+_NEIGHBORS = Recipe("cosine", ("mixture", "layout"), "neighbors", propagation=True)
 
 RECIPES: dict[str, Recipe] = {
     # Measurements: a few columns, or wide ones on scales of their own.
     "tabular": Recipe("euclidean", ("mixture",), "noise", propagation=False),
     # The outputs of another model: many signed features.
-    "embedding": _NEIGHBOURS,
+    "embedding": _NEIGHBORS,
     # Pixels, histograms, the features of a network with ReLU outputs.
-    "nonnegative": _NEIGHBOURS,
+    "nonnegative": _NEIGHBORS,
     # Documents: TF-IDF or counts.
     "sparse": Recipe("cosine", ("kmeans",), "terms", propagation=False, repartition=False),
     # Pixels of categories, as images: the consensus layout start and voted sizes.

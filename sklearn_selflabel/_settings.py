@@ -85,7 +85,7 @@ class PropagationSettings:
     # (images), or the nearest neighbours themselves in the raw or standardised input
     # (flat rows), by the kind's metric.
     input_positives: str = "hops"
-    input_space: str = "standardised"
+    input_space: str = "standardized"
     input_metric: str = "cosine"
     # Neighbours that the neighbour views mix each row with; 0: no neighbour views.
     view_neighbors: int = 0
@@ -216,7 +216,7 @@ def resolve_settings(
         if not starts or n_samples < recipe.min_start_rows:
             starts = ("random",)
     augment_strength = est.augment_strength
-    if recipe.views == "neighbours":
+    if recipe.views == "neighbors":
         augment_strength = 0.0
     elif starts == ("mixture",) and recipe.views == "noise":
         # Noise of 0.5 standard deviations blurred the boundaries of the start (iris: 0.86,
@@ -268,9 +268,9 @@ def resolve_settings(
         if kind != "image":
             flat = dict(
                 input_positives="knn",
-                input_space="raw" if recipe.metric == "cosine" else "standardised",
+                input_space="raw" if recipe.metric == "cosine" else "standardized",
                 input_metric=recipe.metric,
-                view_neighbors=_VIEW_NEIGHBORS if recipe.views == "neighbours" else 0,
+                view_neighbors=_VIEW_NEIGHBORS if recipe.views == "neighbors" else 0,
             )
         propagation = PropagationSettings(
             n_neighbors=est.propagation_neighbors,

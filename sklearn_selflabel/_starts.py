@@ -24,7 +24,7 @@ from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
 from ._data import chunked_rows
-from ._layout import input_neighbour_graph, layout_labels
+from ._layout import input_neighbor_graph, layout_labels
 
 # The smallest cluster that a start forms and that estimated sizes keep, as a share of the
 # equal share: a smaller group of rows is taken for a fragment of a category.
@@ -67,7 +67,7 @@ def initial_labels(
     """The label table ``(n_heads, n_samples)`` that a fit of the rows ``X`` starts from.
 
     ``starts`` names one start (``"random"``, ``"kmeans"``, ``"mixture"`` or ``"layout"``), or
-    several clusterings of dense rows, cheapest first, scored by ``neighbour_agreement`` on
+    several clusterings of dense rows, cheapest first, scored by ``neighbor_agreement`` on
     the input rows' neighbour graph (in ``metric``): the first that scores at least
     ``SEPARATED_AGREEMENT`` is kept without building the others, else the best.
     ``module`` standardizes the rows as the network sees them; ``layout_clusters`` says how
@@ -79,7 +79,7 @@ def initial_labels(
         return kmeans_labels(X, n_clusters, n_heads, seed)
     graph = None
     if "layout" in starts or len(starts) > 1:
-        graph = input_neighbour_graph(X, metric, device)
+        graph = input_neighbor_graph(X, metric, device)
     best, best_score = None, -np.inf
     for start in starts:
         if start == "mixture":
@@ -89,7 +89,7 @@ def initial_labels(
                 X,
                 n_clusters,
                 seed,
-                standardize=module.standardise,
+                standardize=module.standardize,
                 input_graph=graph,
                 min_cluster_size=MIN_CLUSTER_SHARE * X.shape[0] / n_clusters,
                 device=device,
@@ -98,7 +98,7 @@ def initial_labels(
             )
         if len(starts) == 1:
             return np.tile(labels, (n_heads, 1))
-        score = neighbour_agreement(labels, graph)
+        score = neighbor_agreement(labels, graph)
         if score > best_score:
             best, best_score = labels, score
         if score >= SEPARATED_AGREEMENT:
@@ -106,7 +106,7 @@ def initial_labels(
     return np.tile(best, (n_heads, 1))
 
 
-def neighbour_agreement(labels: np.ndarray, graph: sp.csr_matrix) -> float:
+def neighbor_agreement(labels: np.ndarray, graph: sp.csr_matrix) -> float:
     """How much more of the link weight of ``graph`` stays within the clusters of ``labels``
     than if the rows' clusters were shuffled: ``(within - chance) / (1 - chance)``, with
     ``chance`` the sum of the clusters' squared shares of the weight (graph modularity, scaled
@@ -267,6 +267,6 @@ def standardized_by(module: torch.nn.Module, device) -> Callable[[np.ndarray], n
         # A copy: torch warns on read-only arrays (a pandas frame's values, a memmap).
         batch = torch.tensor(rows, dtype=torch.float32, device=device)
         with torch.no_grad():
-            return module.standardise(batch).cpu().numpy()
+            return module.standardize(batch).cpu().numpy()
 
     return standardize

@@ -62,7 +62,7 @@ class FitResult:
     interruption: Interruption | None
 
 
-def fit_initialisations(settings: Settings, X) -> FitResult:
+def fit_initializations(settings: Settings, X) -> FitResult:
     """Train from each of the settings' seeds and keep the fit with the best score.
 
     Like KMeans' ``n_init``; only the best fit's network stays in memory besides the one in

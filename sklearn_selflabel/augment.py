@@ -8,6 +8,7 @@ neighbour views of flat rows are drawn by the training step itself.
 from __future__ import annotations
 
 import math
+import warnings
 
 import scipy.sparse as sp
 import torch
@@ -120,7 +121,7 @@ class ImageAugment(nn.Module):
         return theta
 
 
-class NeighbourViews:
+class NeighborViews:
     """Training views of flat rows that move each row towards one of its input-space neighbours.
 
     Rows of one category lie near each other, so a point between a row and one of its nearest
@@ -143,7 +144,7 @@ class NeighbourViews:
         self.generator = generator
         self.X = None
 
-    def bind(self, X) -> NeighbourViews:
+    def bind(self, X) -> NeighborViews:
         """Read the rows (raw, one batch at a time) from the training data ``X``."""
         self.X = X
         return self
@@ -168,7 +169,19 @@ class NeighbourViews:
         return {"neighbors": self.neighbors, "generator": self.generator.get_state()}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> NeighbourViews:
+    def from_state_dict(cls, state: dict) -> NeighborViews:
         generator = torch.Generator()
         generator.set_state(state["generator"].cpu())
         return cls(state["neighbors"], generator)
+
+
+class NeighbourViews(NeighborViews):
+    """Deprecated alias of ``NeighborViews``, to be removed in 0.3."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        warnings.warn(
+            "NeighbourViews was renamed NeighborViews in 0.2 and will be removed in 0.3.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)

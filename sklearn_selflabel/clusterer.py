@@ -34,7 +34,7 @@ from ._data import check_rows
 from ._inference import METHODS, information_score, method_outputs
 from ._persistence import save_model
 from ._settings import estimated_cluster_count, resolve_settings
-from ._training import FittedModel, Interruption, fit_initialisations, train_chunk
+from ._training import FittedModel, Interruption, fit_initializations, train_chunk
 
 
 class SelfLabelingClusterer(
@@ -120,7 +120,7 @@ class SelfLabelingClusterer(
         cluster short of that floor up to it. From ``init="random"``, the steps aim at equal
         sizes up to half the epoch of the last scheduled step, where one step re-partitions
         every head by the embedding's nearest-neighbour links
-        (``propagation.neighbour_link_partition``); from a clustering of the rows, the steps
+        (``propagation.neighbor_link_partition``); from a clustering of the rows, the steps
         keep its sizes from the first on. Offline mode only; a ``partial_fit`` chunk is
         labelled with equal sizes, its last step with estimated ones.
     init : {"auto", "random", "kmeans", "mixture", "layout"}, default="auto"
@@ -493,7 +493,7 @@ class SelfLabelingClusterer(
             X = self._check_rows(X, reset=True, ensure_min_samples=2)
             count = estimated_cluster_count(self, X)
             n_clusters = self.n_clusters if count is None else count.n_clusters
-            result = fit_initialisations(resolve_settings(self, X, n_clusters=n_clusters), X)
+            result = fit_initializations(resolve_settings(self, X, n_clusters=n_clusters), X)
             self._set_fitted(result.model)
             self.init_scores_ = result.init_scores
             self.n_clusters_curve_ = None if count is None else count.as_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -225,11 +226,13 @@ class SelfLabelModule(nn.Module):
         Standardisation of the raw input, kept as buffers so that it travels with the weights.
     augment : nn.Module
         Makes a random training view of standardised rows; the identity in eval mode.
-    normalise_rows : bool, default=False
+    normalize_rows : bool, default=False
         L2-normalise each row before the standardisation (cosine geometry). A sparse (COO)
         batch stays sparse; ``mean`` must then be zero.
     sparse_input : bool, default=False
         Whether the encoder takes sparse (COO) batches, so that sparse data are fed as such.
+    normalise_rows : bool, default=None
+        Deprecated alias of ``normalize_rows``, to be removed in 0.3.
     """
 
     def __init__(
@@ -239,25 +242,48 @@ class SelfLabelModule(nn.Module):
         mean: torch.Tensor,
         scale: torch.Tensor,
         augment: nn.Module,
-        normalise_rows: bool = False,
+        normalize_rows: bool = False,
         sparse_input: bool = False,
+        normalise_rows: bool | None = None,
     ) -> None:
         super().__init__()
+        if normalise_rows is not None:
+            warnings.warn(
+                "normalise_rows was renamed normalize_rows in 0.2 and will be removed in 0.3.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            normalize_rows = normalise_rows
         self.encoder = encoder
         self.heads = heads
         self.augment = augment
-        self.normalise_rows = normalise_rows
+        self.normalize_rows = normalize_rows
         self.sparse_input = sparse_input
         self.register_buffer("mean", mean)
         self.register_buffer("scale", scale)
 
+    def __setstate__(self, state: dict) -> None:
+        # A module pickled before the rename (0.1) holds the old attribute name.
+        if "normalise_rows" in state:
+            state["normalize_rows"] = state.pop("normalise_rows")
+        super().__setstate__(state)
+
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Deprecated alias of ``standardize``, to be removed in 0.3."""
+        warnings.warn(
+            "standardise was renamed standardize in 0.2 and will be removed in 0.3.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.standardize(x)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """Raw input rows in the units that the encoder sees."""
         if x.is_sparse:
             x = x.coalesce()
             rows, columns = x.indices()
             values = x.values()
-            if self.normalise_rows:
+            if self.normalize_rows:
                 squares = torch.zeros(x.shape[0], dtype=values.dtype, device=values.device)
                 norms = squares.index_add_(0, rows, values * values).sqrt_().clamp_min_(1e-12)
                 values = values / norms[rows]
@@ -268,7 +294,7 @@ class SelfLabelModule(nn.Module):
                 is_coalesced=True,
                 check_invariants=False,
             )
-        if self.normalise_rows:
+        if self.normalize_rows:
             x = F.normalize(x, dim=1)
         return (x - self.mean) / self.scale
 
@@ -284,7 +310,7 @@ class SelfLabelModule(nn.Module):
             ``"logits"``: per-head logits ``(n_heads, batch, n_clusters)``; ``"embedding"``:
             ``Φ(x)``, ``(batch, embedding_dim)``; ``"both"``: ``(embedding, logits)``.
         """
-        embedding = self.encoder(self.augment(self.standardise(x)))
+        embedding = self.encoder(self.augment(self.standardize(x)))
         if output == "embedding":
             return embedding
         logits = self.heads(embedding)

@@ -9,6 +9,8 @@ holds the memory bank and the loss used during training.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -313,7 +315,7 @@ class InvariancePropagation:
         return (all_logits.logsumexp(dim=1) - positive_logits.logsumexp(dim=1)).mean()
 
 
-def neighbour_link_partition(
+def neighbor_link_partition(
     features: torch.Tensor,
     n_clusters: int,
     *,
@@ -372,18 +374,18 @@ def neighbour_link_partition(
     neighbors = nearest_neighbors(sample, n_neighbors).cpu().numpy()
     links = np.zeros((n_parts, n_parts))
     np.add.at(links, (np.repeat(parts, neighbors.shape[1]), parts[neighbors].ravel()), 1)
-    centres = kmeans.cluster_centers_[present]
+    centers = kmeans.cluster_centers_[present]
     min_size = min_share * len(sample) / n_clusters
     merged_into = _merged_with_a_floor(
-        links + links.T, np.bincount(parts), centres, n_clusters, min_size
+        links + links.T, np.bincount(parts), centers, n_clusters, min_size
     )
     if step > 1:
-        parts = pairwise_distances_argmin(rows.cpu().numpy(), centres)
+        parts = pairwise_distances_argmin(rows.cpu().numpy(), centers)
     return np.unique(merged_into, return_inverse=True)[1][parts].astype(np.int64)
 
 
 def _merged_with_a_floor(
-    links: np.ndarray, sizes: np.ndarray, centres: np.ndarray, n_clusters: int, min_size: float
+    links: np.ndarray, sizes: np.ndarray, centers: np.ndarray, n_clusters: int, min_size: float
 ) -> np.ndarray:
     """``_merge_densest_links``, where a group of fewer than ``min_size`` rows at the end
     (parts that few or no links join to the rest) is joined to the group it links to most
@@ -405,7 +407,7 @@ def _merged_with_a_floor(
         to_group = np.bincount(of_part, weights=links[members].sum(axis=0)) / group_sizes
         to_group[smallest] = -np.inf
         if to_group.max() <= 0:  # no link at all: the most similar centre
-            sums = (sizes[:, None] * centres).T @ np.eye(len(groups))[of_part]
+            sums = (sizes[:, None] * centers).T @ np.eye(len(groups))[of_part]
             to_group = sums.T @ sums[:, smallest] / np.linalg.norm(sums, axis=0)
             to_group[smallest] = -np.inf
         target = int(np.argmax(to_group))
@@ -444,3 +446,14 @@ def _merge_densest_links(links: np.ndarray, sizes: np.ndarray, n_clusters: int) 
         stale = (partner == a) | (partner == b)
         partner[stale] = density[stale].argmax(axis=1)
     return merged_into
+
+
+def neighbour_link_partition(*args, **kwargs) -> np.ndarray:
+    """Deprecated alias of ``neighbor_link_partition``, to be removed in 0.3."""
+    warnings.warn(
+        "neighbour_link_partition was renamed neighbor_link_partition in 0.2 and will be "
+        "removed in 0.3.",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return neighbor_link_partition(*args, **kwargs)

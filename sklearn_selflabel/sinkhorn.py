@@ -396,9 +396,9 @@ def _iterate(
         if newton is not None:
             # F(x) = w.x - mean_i log sum_j exp(scores_ij + x_j); the kernel holds
             # exp(scores - row max + g - centre(g)) and the sweep summed log K c.
-            centre = (g.max() + g.min()) / 2
+            center = (g.max() + g.min()) / 2
             value = float(
-                np.exp(log_w) @ x - (row_max_sum + log_row_sum) / n_samples - offset - centre
+                np.exp(log_w) @ x - (row_max_sum + log_row_sum) / n_samples - offset - center
             )
             # The rows p of outer = sum p p^T sum to 1, so its row sums are sum p.
             hessian = None if outer is None else (np.diag(outer.sum(axis=1)) - outer) / n_samples
@@ -582,9 +582,9 @@ def _score_pot(pot: np.ndarray, logits: torch.Tensor) -> torch.Tensor:
     times large lamb); such blocks are then computed in float64.
     """
     # Centred (a constant shift is absorbed by the rows), so entries are at most spread / 2.
-    centred = pot - (pot.max() + pot.min()) / 2
+    centered = pot - (pot.max() + pot.min()) / 2
     exact = logits.dtype == torch.float32 and np.ptp(pot) > _F32_POT_SPREAD
-    return torch.from_numpy(centred).to(
+    return torch.from_numpy(centered).to(
         device=logits.device, dtype=torch.float64 if exact else logits.dtype
     )
 

@@ -31,8 +31,8 @@ def blobs():
 
 def test_density_count_finds_separated_groups_and_keeps_the_curve():
     rng = np.random.default_rng(0)
-    centres = rng.normal(scale=20.0, size=(5, 10))
-    layout = np.repeat(centres, 200, axis=0) + rng.normal(size=(1000, 10))
+    centers = rng.normal(scale=20.0, size=(5, 10))
+    layout = np.repeat(centers, 200, axis=0) + rng.normal(size=(1000, 10))
     count = density_count(layout, max_clusters=50)
     assert count.n_clusters == 5
     # 0.25%, 0.5%, 1%, 2% and 4% of 1,000 rows, none below 15: 15, 20 and 40
@@ -45,8 +45,8 @@ def test_density_count_resolves_groups_of_half_a_percent_of_the_rows():
     # 150 groups of 30 rows in 4,500: each holds 0.67% of the rows, above the estimate's
     # 0.5% (22 rows) and below 1% (45 rows, where the count falls to 19).
     rng = np.random.default_rng(2)
-    centres = rng.normal(scale=20.0, size=(150, 10))
-    layout = np.repeat(centres, 30, axis=0) + rng.normal(size=(4500, 10))
+    centers = rng.normal(scale=20.0, size=(150, 10))
+    layout = np.repeat(centers, 30, axis=0) + rng.normal(size=(4500, 10))
     count = density_count(layout, max_clusters=500)
     assert count.min_cluster_sizes[count.selected] == 22
     assert count.n_clusters == 150
@@ -56,20 +56,20 @@ def test_density_count_stays_within_two_and_max_clusters():
     rng = np.random.default_rng(1)
     one_group = rng.normal(size=(300, 10))
     assert density_count(one_group, max_clusters=50).n_clusters == 2
-    centres = rng.normal(scale=20.0, size=(6, 10))
-    six_groups = np.repeat(centres, 100, axis=0) + rng.normal(size=(600, 10))
+    centers = rng.normal(scale=20.0, size=(6, 10))
+    six_groups = np.repeat(centers, 100, axis=0) + rng.normal(size=(600, 10))
     bounded = density_count(six_groups, max_clusters=4)
     assert bounded.n_clusters == 4
     assert bounded.counts[bounded.selected] == 6  # the curve keeps what was found
 
 
-@pytest.mark.parametrize("centres", [3, 7])
-def test_estimate_on_tabular_rows_is_the_number_of_blobs(centres):
-    X, _ = make_blobs(n_samples=100 * centres, centers=centres, n_features=8, random_state=0)
+@pytest.mark.parametrize("centers", [3, 7])
+def test_estimate_on_tabular_rows_is_the_number_of_blobs(centers):
+    X, _ = make_blobs(n_samples=100 * centers, centers=centers, n_features=8, random_state=0)
     count = estimate_n_clusters(
         X, kind="tabular", image_shape=None, max_clusters=50, seed=0, device=CPU
     )
-    assert count.n_clusters == centres
+    assert count.n_clusters == centers
 
 
 def test_estimate_on_sparse_rows_counts_topics():

@@ -25,7 +25,7 @@ from sklearn_selflabel._data import row_tensor
 from sklearn_selflabel._offline import OfflineLabels
 from sklearn_selflabel.augment import TermDropout
 from sklearn_selflabel.modules import SparseLinear
-from sklearn_selflabel.propagation import neighbour_link_partition
+from sklearn_selflabel.propagation import neighbor_link_partition
 
 
 def small(**params) -> SelfLabelingClusterer:
@@ -148,7 +148,7 @@ def test_sizes_are_estimated_with_few_rows_per_cluster_too():
     assert adjusted_rand_score(y, model.labels_) == 1.0
 
 
-def test_first_estimated_step_gives_every_head_the_neighbour_link_partition():
+def test_first_estimated_step_gives_every_head_the_neighbor_link_partition():
     # Uneven blobs again: the equipartition phase mixes them; re-partitioning from the
     # embedding's neighbour links separates them, renamed to agree with each head's labels.
     X, y = make_blobs(n_samples=[40, 80, 120, 160], n_features=5, random_state=1)
@@ -165,7 +165,7 @@ def test_first_estimated_step_gives_every_head_the_neighbour_link_partition():
     equal_step = dict(net.callbacks_)["label_step"]
     table = equal_step.repartition(net, X).numpy()
     embedding = net.evaluate_rows(X, 64, output="embedding")
-    partition = neighbour_link_partition(embedding, 4, random_state=equal_step.seed)
+    partition = neighbor_link_partition(embedding, 4, random_state=equal_step.seed)
     for head, before in zip(table, net.label_table_.numpy(), strict=True):
         assert adjusted_rand_score(partition, head) == 1.0
         agreement = [
@@ -206,7 +206,7 @@ def test_fit_predict_and_fit_transform_match_separate_calls(blobs):
     np.testing.assert_array_equal(small().fit_transform(X), small().fit(X).transform(X))
 
 
-def test_score_is_normalised_information(blobs, fitted):
+def test_score_is_normalized_information(blobs, fitted):
     X, _ = blobs
     # Training against hard labels makes the network confident, and the score grows with it.
     longer = small(max_epochs=60).fit(X)
@@ -354,16 +354,16 @@ def test_grid_steps_finds_counts_and_leaves_flags_and_continuous_rows_alone():
     assert 0.0 < steps[3] < 1e-3
 
 
-def test_neighbour_agreement_scores_a_partition_along_the_links_highest():
-    from sklearn_selflabel._starts import neighbour_agreement
+def test_neighbor_agreement_scores_a_partition_along_the_links_highest():
+    from sklearn_selflabel._starts import neighbor_agreement
 
     block = np.ones((20, 20)) - np.eye(20)
     graph = sp.csr_matrix(sp.block_diag([block, block]))
     along = np.repeat([0, 1], 20)
     across = np.tile([0, 1], 20)
-    assert neighbour_agreement(along, graph) == pytest.approx(1.0)
-    assert neighbour_agreement(across, graph) < 0.0
-    assert neighbour_agreement(np.zeros(40, dtype=np.int64), graph) == pytest.approx(0.0)
+    assert neighbor_agreement(along, graph) == pytest.approx(1.0)
+    assert neighbor_agreement(across, graph) < 0.0
+    assert neighbor_agreement(np.zeros(40, dtype=np.int64), graph) == pytest.approx(0.0)
 
 
 def test_a_start_that_separates_the_rows_as_their_links_do_is_kept_without_the_costlier_one(
@@ -374,7 +374,7 @@ def test_a_start_that_separates_the_rows_as_their_links_do_is_kept_without_the_c
     X, y = make_blobs(300, centers=3, n_features=6, cluster_std=0.3, random_state=0)
     X = np.abs(X).astype(np.float32)
     module = torch.nn.Module()
-    module.standardise = lambda rows: rows
+    module.standardize = lambda rows: rows
     built = []
 
     def layout(X, n_clusters, seed, **kwargs):
@@ -780,7 +780,7 @@ def test_clone_keeps_parameters_and_drops_fit(fitted):
 
 
 @pytest.mark.parametrize("how", ["pickle", "joblib"])
-def test_serialisation_round_trip_predicts_identically(blobs, fitted, tmp_path, how):
+def test_serialization_round_trip_predicts_identically(blobs, fitted, tmp_path, how):
     X, _ = blobs
     if how == "pickle":
         restored = pickle.loads(pickle.dumps(fitted))
@@ -902,7 +902,7 @@ def test_topped_up_offsets_give_a_short_cluster_the_rows_nearest_to_joining_it()
     np.testing.assert_array_equal(_offline.topped_up(logits, raised, 25), raised)
 
 
-def test_tables_keep_a_common_scale_and_standardise_columns_on_scales_of_their_own():
+def test_tables_keep_a_common_scale_and_standardize_columns_on_scales_of_their_own():
     from sklearn_selflabel._geometry import input_scaling
 
     rows = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)

@@ -96,7 +96,7 @@ class CountingEncoder(MLPEncoder):
 
 
 @pytest.mark.parametrize("on_interrupt", ["restore", "keep"])
-def test_interrupt_in_a_later_initialisation(X, on_interrupt, monkeypatch):
+def test_interrupt_in_a_later_initialization(X, on_interrupt, monkeypatch):
     monkeypatch.setattr(CountingEncoder, "n_training_batches", 0)
     monkeypatch.setattr(CountingEncoder, "interrupt_at", None)
     first = small(module=CountingEncoder).fit(X)

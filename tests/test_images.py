@@ -139,12 +139,12 @@ def test_image_shape_uses_the_conv_encoder_and_propagation(digits):
 
 def test_propagation_auto_is_on_for_images_and_wide_rows_not_for_tables(digits):
     X, _ = digits
-    standardised = (X - X.mean(axis=0)) / np.maximum(X.std(axis=0), 1e-3)
-    table = standardised[:, 16:48]  # fewer than 64 features: a table
+    standardized = (X - X.mean(axis=0)) / np.maximum(X.std(axis=0), 1e-3)
+    table = standardized[:, 16:48]  # fewer than 64 features: a table
     assert "propagation" not in dict(tiny().fit(table).net_.callbacks_)
     assert "propagation" in dict(tiny(propagation=True).fit(table).net_.callbacks_)
     # 64 signed features: an embedding, which trains as pixels do.
-    assert "propagation" in dict(tiny().fit(standardised).net_.callbacks_)
+    assert "propagation" in dict(tiny().fit(standardized).net_.callbacks_)
     assert "propagation" in dict(tiny().fit(X).net_.callbacks_)  # pixels: non-negative
     assert "propagation" not in dict(tiny(propagation=False).fit(X).net_.callbacks_)
     assert "propagation" not in dict(

@@ -12,12 +12,12 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn_selflabel import _layout
 from sklearn_selflabel._layout import (
     consensus_mixture,
-    fuzzy_neighbour_graph,
-    input_neighbour_graph,
+    fuzzy_neighbor_graph,
+    input_neighbor_graph,
     layout_labels,
     merged_by_links,
     merged_mixture,
-    neighbour_layout,
+    neighbor_layout,
 )
 from sklearn_selflabel.propagation import nearest_neighbors
 
@@ -28,7 +28,7 @@ def test_fuzzy_graph_is_symmetric_and_each_rows_memberships_sum_to_log2_k():
     neighbors, distances = nearest_neighbors(points, 6, metric="euclidean", return_distance=True)
     exact = torch.cdist(points, points).gather(1, neighbors)
     torch.testing.assert_close(distances, exact, rtol=1e-4, atol=1e-4)
-    graph = fuzzy_neighbour_graph(neighbors, distances)
+    graph = fuzzy_neighbor_graph(neighbors, distances)
     assert abs(graph - graph.T).max() < 1e-6
     assert graph.data.min() > 0 and graph.data.max() <= 1.0
     assert graph.diagonal().max() == 0
@@ -59,19 +59,19 @@ def _two_cliques(size: int) -> sp.csr_matrix:
 
 def test_layout_separates_groups_that_share_no_link():
     graph = _two_cliques(30)
-    layout = neighbour_layout(graph, 2, seed=0)
+    layout = neighbor_layout(graph, 2, seed=0)
     assert layout.shape == (60, 2) and layout.dtype == np.float32
     first, second = layout[:30], layout[30:]
     within = max(np.ptp(first, axis=0).max(), np.ptp(second, axis=0).max())
     between = np.linalg.norm(first.mean(axis=0) - second.mean(axis=0))
     assert between > 2 * within
-    np.testing.assert_array_equal(layout, neighbour_layout(graph, 2, seed=0))
+    np.testing.assert_array_equal(layout, neighbor_layout(graph, 2, seed=0))
 
 
 def test_layout_of_a_graph_with_unlinked_rows_is_finite():
     graph = sp.lil_matrix(_two_cliques(10))
     graph = sp.block_diag([graph, sp.csr_matrix((3, 3))]).tocsr()  # 3 rows without a link
-    layout = neighbour_layout(graph, 2, seed=0)
+    layout = neighbor_layout(graph, 2, seed=0)
     assert np.isfinite(layout).all()
 
 
@@ -125,7 +125,7 @@ def test_merged_mixture_finds_unequal_groups_of_a_layout():
     neighbors, distances = nearest_neighbors(
         torch.from_numpy(points).float(), 15, metric="euclidean", return_distance=True
     )
-    graph = fuzzy_neighbour_graph(neighbors, distances)
+    graph = fuzzy_neighbor_graph(neighbors, distances)
     labels = merged_mixture(points.astype(np.float32), graph, 3, 20, seed=0)
     assert adjusted_rand_score(truth, labels) == 1.0
     np.testing.assert_array_equal(labels, merged_mixture(points, graph, 3, 20, seed=0))
@@ -154,7 +154,7 @@ def _start(X, seed, **kwargs):
         4,
         seed,
         standardize=lambda rows: (rows - mean) / scale,
-        input_graph=input_neighbour_graph(X, "cosine", torch.device("cpu")),
+        input_graph=input_neighbor_graph(X, "cosine", torch.device("cpu")),
         min_cluster_size=20,
         device=torch.device("cpu"),
         **kwargs,

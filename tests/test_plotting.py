@@ -135,7 +135,7 @@ def test_embedding_scatters_the_pca_of_transform_by_cluster(model, blobs):
         np.testing.assert_allclose(offsets, points[labels == cluster], rtol=1e-5, atol=1e-5)
 
 
-def test_embedding_colours_by_given_labels_and_supports_tsne(model, blobs):
+def test_embedding_colors_by_given_labels_and_supports_tsne(model, blobs):
     X, y = blobs
     ax = plot_embedding(model, X, labels=y, method="tsne", random_state=0)
     sizes = [len(collection.get_offsets()) for collection in ax.collections]

@@ -16,13 +16,13 @@ from sklearn_selflabel.propagation import (
     _merged_with_a_floor,
     hardest_positives,
     nearest_neighbors,
-    neighbour_link_partition,
+    neighbor_link_partition,
     propagate,
 )
 
 
 @pytest.mark.parametrize("chunk_size", [7, 2048])
-def test_nearest_neighbors_are_exact_cosine_neighbours_without_self(chunk_size):
+def test_nearest_neighbors_are_exact_cosine_neighbors_without_self(chunk_size):
     X = torch.from_numpy(np.random.default_rng(0).normal(size=(100, 5)).astype(np.float32))
     found = nearest_neighbors(X, 4, chunk_size=chunk_size).numpy()
     ref = NearestNeighbors(n_neighbors=5, metric="cosine").fit(X.numpy())
@@ -114,20 +114,20 @@ def test_label_term_pulls_a_sample_towards_its_positives_labels():
 def _on_sphere(points: np.ndarray) -> torch.Tensor:
     # Centred 2-D points lifted to height 5: normalising them (as a cosine embedding is)
     # bends the plane onto a cap of the sphere but keeps who neighbours whom.
-    centred = points - points.mean(axis=0)
-    return torch.from_numpy(np.hstack([centred, np.full((len(points), 1), 5.0)])).float()
+    centered = points - points.mean(axis=0)
+    return torch.from_numpy(np.hstack([centered, np.full((len(points), 1), 5.0)])).float()
 
 
-def test_link_partition_follows_the_neighbour_graph_where_kmeans_cuts_across_it():
+def test_link_partition_follows_the_neighbor_graph_where_kmeans_cuts_across_it():
     points, moon = make_moons(n_samples=400, noise=0.05, random_state=0)
     features = _on_sphere(points)
-    labels = neighbour_link_partition(features, 2, random_state=0)
+    labels = neighbor_link_partition(features, 2, random_state=0)
     assert labels.dtype == np.int64 and labels.shape == (400,)
     assert adjusted_rand_score(moon, labels) == 1.0
     kmeans = KMeans(2, n_init=3, random_state=0).fit_predict(F.normalize(features).numpy())
     assert adjusted_rand_score(moon, kmeans) < 0.5
     # On evenly spaced rows only, every row still gets its moon (its nearest KMeans part).
-    subsampled = neighbour_link_partition(features, 2, max_rows=150, random_state=0)
+    subsampled = neighbor_link_partition(features, 2, max_rows=150, random_state=0)
     assert adjusted_rand_score(moon, subsampled) > 0.95
 
 
@@ -136,13 +136,13 @@ def test_link_partition_keeps_unequal_blobs_whole():
     rng = np.random.default_rng(0)
     truth = np.repeat(np.arange(4), [40, 80, 120, 400])
     features = torch.from_numpy(np.eye(4, 8)[truth] * 10 + rng.normal(size=(640, 8))).float()
-    labels = neighbour_link_partition(features, 4, random_state=0)
+    labels = neighbor_link_partition(features, 4, random_state=0)
     assert adjusted_rand_score(truth, labels) == 1.0
     assert sorted(np.bincount(labels)) == [40, 80, 120, 400]
     # As many parts as rows (each row its own part) is still a valid start.
     few = features[::80]
     np.testing.assert_array_equal(
-        np.sort(np.bincount(neighbour_link_partition(few, 4))), [1, 1, 1, 5]
+        np.sort(np.bincount(neighbor_link_partition(few, 4))), [1, 1, 1, 5]
     )
 
 
@@ -154,22 +154,22 @@ def test_link_partition_joins_a_small_island_to_the_nearest_part_instead_of_keep
     blobs = np.eye(2, 8)[truth] * 2.5 + rng.normal(size=(400, 8))
     island = np.eye(1, 8, 2) * 12 + np.eye(1, 8, 0) * 6 + 0.01 * rng.normal(size=(15, 8))
     features = torch.from_numpy(np.vstack([blobs, island])).float()
-    labels = neighbour_link_partition(features, 2, random_state=0)
+    labels = neighbor_link_partition(features, 2, random_state=0)
     assert np.bincount(labels).min() > 150
     assert adjusted_rand_score(truth, labels[:400]) > 0.7
     assert len(np.unique(labels[400:])) == 1
-    kept = neighbour_link_partition(features, 2, min_share=0.0, random_state=0)
+    kept = neighbor_link_partition(features, 2, min_share=0.0, random_state=0)
     assert np.bincount(kept).min() < 30  # the island and a few outlying rows
 
 
-def test_a_small_group_without_links_joins_the_group_with_the_most_similar_centre():
+def test_a_small_group_without_links_joins_the_group_with_the_most_similar_center():
     # Parts 0 and 1 link to each other, part 2 to neither; part 3 links to part 2 only.
     links = np.zeros((4, 4))
     links[0, 1] = links[1, 0] = 5.0
     links[2, 3] = links[3, 2] = 5.0
     sizes = np.array([50, 50, 5, 5])
-    centres = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 1.0]])
-    merged = _merged_with_a_floor(links, sizes, centres, n_clusters=2, min_size=20)
+    centers = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    merged = _merged_with_a_floor(links, sizes, centers, n_clusters=2, min_size=20)
     # Average linkage ends with {0, 1} and {2, 3} (10 rows). No link joins {2, 3} to {0, 1}, so
     # it joins by centre; merging again from there keeps parts 0 and 1 apart.
     assert len(np.unique(merged)) == 2
@@ -182,10 +182,10 @@ def test_link_partition_of_duplicate_rows_has_no_empty_parts():
     # Three distinct points, 30 rows: KMeans finds 3 parts of the 20 asked for.
     features = torch.eye(3, 4).repeat(10, 1)
     with pytest.warns(ConvergenceWarning):
-        labels = neighbour_link_partition(features, 2, random_state=0)
+        labels = neighbor_link_partition(features, 2, random_state=0)
     assert sorted(np.bincount(labels)) == [10, 20]
     with pytest.warns(ConvergenceWarning):
-        collapsed = neighbour_link_partition(torch.ones(30, 4), 3, random_state=0)
+        collapsed = neighbor_link_partition(torch.ones(30, 4), 3, random_state=0)
     np.testing.assert_array_equal(collapsed, 0)
 
 
