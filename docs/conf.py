@@ -10,6 +10,12 @@ from pathlib import Path
 import sklearn_selflabel
 
 sys.path.insert(0, str(Path(__file__).parent))  # gallery_order
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # docs_tables
+
+from docs_tables import write_benchmarks_page  # noqa: E402
+
+# The benchmark page's sections, written from benchmarks/results/ at every build.
+write_benchmarks_page(Path(__file__).parent / "_generated" / "benchmarks.rst")
 
 project = "sklearn-selflabel"
 author = "sklearn-selflabel developers"
@@ -23,7 +29,7 @@ extensions = [
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 
 autosummary_generate = True
 numpydoc_show_class_members = False
