@@ -28,6 +28,7 @@ import torch
 
 from ._files import plain_mode, write_atomically
 
+# The format name in every archive's header: a zip without it is refused.
 FORMAT = "sklearn-selflabel"
 # Markers: single-key dicts whose key starts with "__"; plain dicts may not use such keys.
 _ARRAY, _TENSOR, _TUPLE, _ITEMS, _FLOAT = (
@@ -37,6 +38,7 @@ _ARRAY, _TENSOR, _TUPLE, _ITEMS, _FLOAT = (
     "__items__",
     "__float__",
 )
+# Tensor dtypes by the name that an archive records.
 _TORCH_DTYPES = {
     str(dtype): dtype
     for dtype in (

@@ -28,11 +28,11 @@ from ._files import write_atomically
 from .augment import NeighborViews
 from .propagation import InvariancePropagation
 
+# The file in checkpoint_dir that every epoch replaces.
 CHECKPOINT_NAME = "checkpoint.selflabel"
-# Bumped whenever the layout of the state changes, so that an old checkpoint is refused
-# with a clear message rather than half-loaded.
-_FORMAT = 2
-# Rows hashed into a checkpoint's fingerprint of the training data.
+# Bumped when the state's layout changes: an older checkpoint is refused, not half-loaded.
+_CHECKPOINT_VERSION = 2
+# Evenly spaced rows hashed into the data's fingerprint: cheap even for data on disk.
 _FINGERPRINT_ROWS = 64
 
 
@@ -157,7 +157,7 @@ def restore_torch_rng(state: dict, device: torch.device) -> None:
 def dump_state(state: dict) -> bytes:
     """``state`` serialised, which also copies it away from the live tensors."""
     buffer = io.BytesIO()
-    write_archive(buffer, "checkpoint", _FORMAT, state)
+    write_archive(buffer, "checkpoint", _CHECKPOINT_VERSION, state)
     return buffer.getvalue()
 
 
@@ -173,7 +173,7 @@ def load_state(blob: bytes, device: torch.device | str) -> dict:
     """
     name = "the checkpoint in checkpoint_dir"
     try:
-        _, state = read_archive(blob, "checkpoint", _FORMAT, device, name=name)
+        _, state = read_archive(blob, "checkpoint", _CHECKPOINT_VERSION, device, name=name)
     except ArchiveError as exc:
         raise ValueError(f"{exc}; start over with warm_start=False.") from None
     return state

@@ -12,8 +12,8 @@ mixture. This start does the same, in four steps:
 2. ``fuzzy_neighbor_graph``: each row is linked to its nearest neighbours among the codes and,
    separately, among the input rows (in the kind's metric), each as UMAP's fuzzy graph, and
    only the links that both agree on are kept (their fuzzy intersection). Neither graph alone
-   suits every data set (the codes' graph is the better on USPS and MNIST, the input's on
-   sklearn digits); the links both hold cross categories less often than either's.
+   suits every data set (user guide, "Flat rows"); the links both hold cross categories less
+   often than either's.
 3. ``neighbor_layout``: the graph is laid out in ``n_clusters`` dimensions by UMAP's objective
    (McInnes et al. 2018): a spectral start, then stochastic gradient steps that pull linked
    rows together and push random pairs apart, with a heavy-tailed kernel that separates groups.
@@ -25,10 +25,10 @@ mixture. This start does the same, in four steps:
    are drawn to where the rows are; the links between two halves of one category are many
    next to what either half holds, while a small category's links stay mostly its own,
    whatever its size. Where the categories are about equal (pixels of a benchmark's classes),
-   two categories that many links join (MNIST's 3s and 5s) can merge while one category's halves
-   stay apart; ``consensus_mixture`` then cuts the layout instead: mixtures of ``n_clusters``
-   components from several seeds, of which the one that agrees best with the others is kept
-   (as N2D does, with a consensus against unlucky seeds).
+   two categories that many links join can merge while one category's halves stay apart
+   (user guide, "Images"); ``consensus_mixture`` then cuts the layout instead: mixtures of
+   ``n_clusters`` components from several seeds, of which the one that agrees best with the
+   others is kept (as N2D does, with a consensus against unlucky seeds).
 """
 
 from __future__ import annotations
@@ -49,17 +49,17 @@ from torch import nn
 from ._data import chunked_rows, iter_row_batches, row_tensor
 from .propagation import nearest_neighbors
 
-# The autoencoder: hidden widths of its encoder (the decoder mirrors them), optimizer steps
-# and rows per step. N2D's is (500, 500, 2000) for 1000 epochs; this one, a quarter of the
-# work per row, reached the same layouts on USPS and MNIST-test. Small data sets take at most
-# this many passes over their rows by default, which gave the start on sklearn digits the
-# same ACC as 250 passes in a fifth of the time.
+# The start's autoencoder: encoder widths, mirrored by the decoder; a quarter of N2D's work
+# per row (user guide, "Flat rows").
 _AUTOENCODER_LAYERS = (256, 256, 1024)
+# Its optimizer steps, and rows per step.
 _AUTOENCODER_STEPS = 2000
-_AUTOENCODER_PASSES = 50
-# Rows per batch of the pass that computes the codes.
-_CODES_BATCH = 4096
 _AUTOENCODER_BATCH = 256
+# Its passes over a small data set at most: more cost time for no better start (user guide,
+# "Flat rows").
+_START_AUTOENCODER_PASSES = 50
+# Rows per batch of the pass that computes the codes, which bounds that pass's memory.
+_CODES_BATCH = 4096
 # The codes have n_clusters dimensions, as in N2D, and at least this many.
 _MIN_CODES = 10
 # Neighbours of each row in both graphs (UMAP's default).
@@ -68,17 +68,18 @@ _N_NEIGHBORS = 15
 _KERNEL_A = 1.929
 _KERNEL_B = 0.7915
 _NEGATIVES = 5
-# Epochs of the layout's gradient steps (UMAP's for up to 10,000 rows), each in this many
-# rounds: the links sampled in an epoch move their rows together, so a round moves a row by
-# the sum of its links' steps; four smaller rounds were steadier than one (MNIST-test).
-_LAYOUT_EPOCHS = 500
-_LAYOUT_ROUNDS = 4
-# The mixture that cuts the layout into parts: parts per cluster, initialisations, and the
-# rows it is fitted on at most (a seeded sample).
+# Epochs of the start's layout: UMAP's for up to 10,000 rows.
+_START_LAYOUT_EPOCHS = 500
+# Rounds per epoch, each moving the rows by its links' steps: smaller moves are steadier
+# (user guide, "Flat rows").
+_START_LAYOUT_ROUNDS = 4
+# Mixture components per cluster of the merged cut: a torn category's halves merge again.
 _PARTS_PER_CLUSTER = 2
+# Initialisations of that mixture; the more likely is kept.
 _PARTS_INITS = 2
+# Rows that a mixture of the layout is fitted on at most (a seeded sample; it labels every row).
 _PARTS_ROWS = 10_000
-# Mixtures of the layout whose consensus cuts it, with clusters="consensus".
+# Mixtures whose consensus cuts the layout (clusters="consensus"), to outvote unlucky seeds.
 _CONSENSUS_SEEDS = 12
 
 
@@ -155,7 +156,7 @@ def neighbor_graph(
     input_graph: sp.csr_matrix,
     device: torch.device,
     fast_dtype: torch.dtype = torch.float32,
-    max_passes: int = _AUTOENCODER_PASSES,
+    max_passes: int = _START_AUTOENCODER_PASSES,
 ) -> sp.csr_matrix:
     """The fuzzy intersection of the neighbour graphs of the autoencoder's codes (``n_codes``
     of them; the autoencoder's weights and batches seeded from ``rng``, at most ``max_passes``
@@ -184,7 +185,7 @@ def autoencoder_codes(
     generator: torch.Generator,
     device: torch.device,
     fast_dtype: torch.dtype = torch.float32,
-    max_passes: int = _AUTOENCODER_PASSES,
+    max_passes: int = _START_AUTOENCODER_PASSES,
 ) -> torch.Tensor:
     """Train an autoencoder on the standardised rows of ``X``; their codes, ``(n, n_codes)``.
 
@@ -281,8 +282,8 @@ def neighbor_layout(
     n_components: int,
     *,
     seed: int,
-    n_epochs: int = _LAYOUT_EPOCHS,
-    n_rounds: int = _LAYOUT_ROUNDS,
+    n_epochs: int = _START_LAYOUT_EPOCHS,
+    n_rounds: int = _START_LAYOUT_ROUNDS,
 ) -> np.ndarray:
     """UMAP's layout of a fuzzy graph in ``n_components`` dimensions, float32.
 

@@ -34,14 +34,12 @@ from ._starts import MIN_CLUSTER_SHARE, initial_labels
 from .propagation import nearest_neighbors, neighbor_link_partition
 from .sinkhorn import SinkhornResult, sinkhorn_equipartition
 
-# From SeLa's random split, label steps aim at estimated sizes from this fraction of the last
-# label step's epoch on: before, the embedding does not yet hold the categories. A start from
-# a clustering of the rows has sizes of its own from the first step on.
+# From the random split, steps aim at estimated sizes from this fraction of the last step's
+# epoch on, once the embedding holds the categories (user guide, "Heads").
 _ESTIMATED_SIZES_FROM = 0.5
-# A fit from these starts lets the network learn the start for this fraction of the schedule
-# before the first label step (the user guide's "Flat rows"); from KMeans, documents keep the
-# plain schedule.
+# Starts that the network learns before the first label step; documents' KMeans is not one.
 _LEARNED_FIRST = ("mixture", "layout")
+# The fraction of the schedule spent learning such a start (user guide, "Flat rows").
 _LEARNED_FIRST_FOR = 0.25
 
 

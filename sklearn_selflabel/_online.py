@@ -42,10 +42,9 @@ from ._label_mode import FittedHead
 from ._net import SelfLabelNet
 from .sinkhorn import LOG_FLOOR
 
-# Largest change of a log column scaling per batch. Larger swings relabel many confident rows
-# at once, which can cascade into a collapse; the scaling still moves 5 per batch where needed.
+# Largest move of a log column scaling per batch: larger swings relabel confident rows en masse.
 _MAX_LOG_STEP = 5.0
-# Fraction by which the carried log column scalings decay towards zero at every batch.
+# Decay of the carried log column scalings per batch, so that window noise does not pile up.
 _SCALING_DECAY = 0.01
 
 __all__ = [
@@ -118,13 +117,14 @@ class QueuedSinkhorn:
     """Equipartition hard labels for a stream of mini-batches, from Sinkhorn over batch + queue.
 
     Each call solves the equipartition problem over the batch's logits and the queue's, with
-    ``n_iter`` Sinkhorn sweeps that start from the column scalings the previous call ended
-    with, decayed by 1%, and moves them by at most 5 per call, so that the windows' sampling
-    noise cannot pile up into a wholesale relabelling of confidently assigned rows (a cascade
-    that ends in collapse). The kernel ``exp(lamb * logits + log b)`` is built once per call in
-    the log domain (so the carried scalings may grow without overflow) and the sweeps are two
-    matrix-vector products each. On the CPU the heads are solved one at a time, so that each
-    head's kernel stays in cache through its sweeps; on accelerators all at once.
+    ``n_iter`` Sinkhorn sweeps that start from the column scalings the previous call ended with,
+    decayed by ``_SCALING_DECAY``, and moves them by at most ``_MAX_LOG_STEP`` per call, so that
+    the windows' sampling noise cannot pile up into a wholesale relabelling of confidently
+    assigned rows (a cascade that ends in collapse). The kernel ``exp(lamb * logits + log b)``
+    is built once per call in the log domain (so the carried scalings may grow without overflow)
+    and the sweeps are two matrix-vector products each. On the CPU the heads are solved one at a
+    time, so that each head's kernel stays in cache through its sweeps; on accelerators all at
+    once.
 
     Parameters
     ----------

@@ -28,13 +28,18 @@ from ._online import OnlineLabels
 from ._settings import NetworkSettings, PropagationSettings, Settings, resolve_device
 from ._training import isolated_torch_rng
 
+# Bumped when a model file's layout changes: a file of a newer version is refused.
 FORMAT_VERSION = 1
+# Classes of this package load without being named in trusted.
 _PACKAGE = __package__
+# The archive kind of a model file.
 _KIND = "model"
-# Fitted attributes that every fitted model has, and those that only some have.
+# Fitted attributes that every fitted model has,
 _FITTED = ("labels_", "best_head_", "head_losses_", "logit_offsets_", "embedding_dim_")
 _FITTED += ("device_", "n_iter_", "n_features_in_")
+# and those that only some have.
 _OPTIONAL_FITTED = ("init_scores_", "feature_names_in_", "n_clusters_curve_")
+# The label mode's settings class, by the name that a file records.
 _LABEL_MODES = {"offline": OfflineLabels, "online": OnlineLabels}
 
 

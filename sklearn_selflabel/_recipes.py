@@ -62,15 +62,16 @@ class Recipe:
 
 
 # Rows whose categories lie on manifolds that their nearest neighbours follow.
-_NEIGHBORS = Recipe("cosine", ("mixture", "layout"), "neighbors", propagation=True)
+_NEIGHBOR_RECIPE = Recipe("cosine", ("mixture", "layout"), "neighbors", propagation=True)
 
+# The recipe of each kind (user guide, "Flat rows" and "Images").
 RECIPES: dict[str, Recipe] = {
     # Measurements: a few columns, or wide ones on scales of their own.
     "tabular": Recipe("euclidean", ("mixture",), "noise", propagation=False),
     # The outputs of another model: many signed features.
-    "embedding": _NEIGHBORS,
+    "embedding": _NEIGHBOR_RECIPE,
     # Pixels, histograms, the features of a network with ReLU outputs.
-    "nonnegative": _NEIGHBORS,
+    "nonnegative": _NEIGHBOR_RECIPE,
     # Documents: TF-IDF or counts.
     "sparse": Recipe("cosine", ("kmeans",), "terms", propagation=False, repartition=False),
     # Pixels of categories, as images: the consensus layout start and voted sizes.

@@ -26,25 +26,24 @@ from threadpoolctl import threadpool_limits
 from ._data import chunked_rows
 from ._layout import input_neighbor_graph, layout_labels
 
-# The smallest cluster that a start forms and that estimated sizes keep, as a share of the
-# equal share: a smaller group of rows is taken for a fragment of a category.
+# Smallest cluster of a start and of estimated sizes, in equal shares: a smaller group of rows
+# is a fragment of a category (user guide, "Heads").
 MIN_CLUSTER_SHARE = 0.2
-# A start whose clusters keep this share of the input rows' neighbour-link weight (adjusted
-# for chance) already separates the rows as their neighbours do: no costlier start is built.
-# Measured so, the layout, which is built from those links, wins close calls that it loses on
-# the labels (ResNet-18 features of MVTec: layout 0.998 at ACC 0.87, mixture 0.997 at 0.996).
+# Chance-adjusted share of the input's neighbour-link weight at which a start is kept without
+# building costlier ones; high, as the layout wins close calls (user guide, "Flat rows").
 SEPARATED_AGREEMENT = 0.98
 
-# The mixture start is fitted on at most this many rows (a seeded sample; all rows are then
-# labelled by it), on their leading principal components when the rows are wider.
+# Rows that the mixture start is fitted on at most (a seeded sample; it labels every row).
 MIXTURE_ROWS = 10_000
+# Principal components that wider rows are projected on for the mixture start.
 MIXTURE_COMPONENTS = 50
-# Covariance shrinkage of the mixture start: candidates, in units of the average variance of
-# a feature, and the rows (at most) and folds of the cross-validated likelihood that picks one.
+# Candidate shrinkages of the mixture's covariances, in units of a feature's average variance.
 SHRINKAGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+# Rows (at most) and folds of the cross-validated likelihood that picks the shrinkage.
 _SHRINKAGE_ROWS = 1_000
 _SHRINKAGE_FOLDS = 3
-# KMeans initialisations of the partition that the mixture's EM starts from (the best kept).
+# KMeans partitions whose best starts the mixture's EM: one made the start depend on the seed
+# (user guide, "Flat rows").
 _KMEANS_INITS = 10
 
 

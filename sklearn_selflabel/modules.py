@@ -120,8 +120,7 @@ class GridAveragePool(nn.Module):
     The pooling windows of maps of known size are fixed, so the pooled grid is a
     ``(size**2, H * W)`` matrix that marks each window's pixels, times every map, divided by
     the windows' areas. On channels-last maps that is one batched product and its backward
-    another; adaptive pooling's backward took about 2 ms of a 30 ms training step on the CPU
-    (MNIST-sized images).
+    another, where adaptive pooling's backward is slow on the CPU (user guide, "Images").
 
     Parameters
     ----------
@@ -201,8 +200,8 @@ class ConvEncoder(nn.Module):
             nn.Flatten(),
             nn.Linear(width * pooled_size**2, embedding_dim),
         ]
-        # Channels-last feature maps: the CPU's and the GPU's convolution and pooling kernels
-        # are faster on them (on the CPU, a training step about 1.35x, inference about 2x).
+        # Channels-last feature maps, on which the convolution and pooling kernels are faster
+        # (user guide, "Images").
         self.layers = nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

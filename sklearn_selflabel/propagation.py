@@ -43,7 +43,7 @@ def nearest_neighbors(
     metric : {"cosine", "euclidean"}, default="cosine"
         Cosine similarity (rows L2-normalised here) or Euclidean distance.
     dtype : torch.dtype, default=torch.float32
-        Precision of the similarities of dense rows; ``torch.bfloat16`` halves the time on
+        Precision of the similarities of dense rows; ``torch.bfloat16`` is faster on
         devices that compute it natively, and can swap neighbours whose similarities agree
         to about three digits.
     return_distance : bool, default=False

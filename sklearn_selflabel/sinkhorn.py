@@ -43,53 +43,43 @@ __all__ = ["SinkhornResult", "sinkhorn_equipartition"]
 
 _T = TypeVar("_T")
 
-# Row chunks this large stay in L2 cache between the two matvecs of a fused
-# Sinkhorn sweep, so the kernel is streamed from memory once per iteration.
+# Bytes of a row chunk of a fused sweep: it stays in L2 cache between the sweep's two matvecs.
 _CHUNK_BYTES = 1 << 20
-# Column scalings are kept within exp(+-limit) and then absorbed into the
-# kernel, so that float32 row sums and their reciprocals never overflow.
+# Log column scalings beyond +-this are absorbed into the kernel: float32 row sums never overflow.
 _ABSORB_LOG = {torch.float32: 35.0, torch.float64: 250.0}
-# Log-kernel entries are clamped to just above the smallest normal number:
-# exp() of and arithmetic on subnormals is ~10x slower, and the floor is
-# negligible (relative to any row sum, at most exp(floor + 2 * limit) ~ 1e-7).
-# The online label step's kernel shares it.
+# Log-kernel floor, just above the smallest normal number: subnormals are slow, and the floor is
+# negligible (at most exp(floor + 2 * limit) of any row sum). The online label step shares it.
 LOG_FLOOR = {torch.float32: -86.0, torch.float64: -706.0}
-# A cluster mass within this factor of what the floor alone could produce is
-# recomputed exactly in the log domain.
+# Cluster masses within this factor of what the floor alone gives: recomputed in the log domain.
 _FLOOR_MARGIN = 1e6
-# Spread of the column potential above which float32 scores lose more than
-# ~1e-5 and are computed in float64.
+# Spread of the column potential beyond which float32 scores lose precision: computed in float64.
 _F32_POT_SPREAD = 200.0
-# Anderson acceleration: number of past iterates mixed, error growth factor
-# that rejects an extrapolated iterate, and rejections before falling back to
-# plain Sinkhorn for good.
+# Anderson acceleration: past iterates that it mixes,
 _AA_MEMORY = 8
+# the error growth that rejects an extrapolated iterate,
 _AA_GUARD = 10.0
+# the rejections after which plain Sinkhorn goes on for good,
 _AA_MAX_RESETS = 5
+# and the ridge, relative to the Gram matrix's trace, that keeps its mixing solve regular.
 _AA_RIDGE = 1e-8
-# Newton's method is used for at most this many clusters (its Hessian costs
-# O(K^2) per uncertain row and its solve O(K^3)), from the first error at most
-# _NEWTON_ERR on (from the start for a warm start). A row p of NQ adds
-# diag(p) - p p^T, of trace 1 - |p|^2, to the Hessian: rows with
-# |p|^2 > _NEWTON_SURE (nearly one-hot) add next to nothing and are left out.
-# A step moves no potential by more than _NEWTON_MAX_STEP (e^10 in scaling) and
-# is damped by _NEWTON_DAMPING times the target sizes, so that clusters without
-# uncertain rows keep a finite step.
+# Newton's method for at most this many clusters: its Hessian costs O(K^2) a row, its solve O(K^3).
 _NEWTON_MAX_CLUSTERS = 128
+# Newton steps start at this marginal error (at once from a warm start).
 _NEWTON_ERR = 0.3
+# Rows with |p|^2 above this (nearly one-hot) add next to nothing to the Hessian: left out.
 _NEWTON_SURE = 0.99
+# Largest move of a potential per Newton step (e^10 in scaling).
 _NEWTON_MAX_STEP = 10.0
+# Damping, times the target sizes, that keeps the step of clusters without uncertain rows finite.
 _NEWTON_DAMPING = 1e-6
-# Line-search rejections after which Newton hands back to Sinkhorn: with nearly
-# hard rows the dual is flat between row flips, its Hessian next to singular,
-# and Newton steps overshoot where a Sinkhorn step still makes steady progress.
+# Line-search rejections after which Newton hands back to Sinkhorn: near hard rows its dual is
+# flat between row flips and its steps overshoot, where Sinkhorn still progresses.
 _NEWTON_MAX_REJECTIONS = 3
-# Armijo's sufficient-increase constant, and the step fraction below which a
-# backtracking line search gives up and restarts from where it stands.
+# Armijo's sufficient-increase constant of the line search.
 _ARMIJO = 1e-4
+# Step fraction below which the line search gives up and restarts from where it stands.
 _MIN_STEP = 1e-6
-# The dual's value is accurate to about this many ulps of the largest score
-# (the row maxima that it adds are rounded scores); smaller changes are noise.
+# Ulps of the largest score within which the dual's value is noise (it adds rounded row maxima).
 _VALUE_ULPS = 4.0
 
 

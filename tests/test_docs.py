@@ -37,6 +37,9 @@ def test_docs_build_with_warnings_as_errors_and_run_every_example(tmp_path):
         REPOSITORY / "docs", tmp_path / "docs", ignore=shutil.ignore_patterns(*GENERATED)
     )
     shutil.copytree(REPOSITORY / "examples", tmp_path / "examples")
+    # The benchmark page is written from the results files by the build (docs/conf.py).
+    shutil.copytree(REPOSITORY / "benchmarks" / "results", tmp_path / "benchmarks" / "results")
+    shutil.copy(REPOSITORY / "benchmarks" / "docs_tables.py", tmp_path / "benchmarks")
     html = tmp_path / "html"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "agg"}
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html"]
@@ -59,7 +62,7 @@ def test_docs_build_with_warnings_as_errors_and_run_every_example(tmp_path):
     assert executed and executed.groups() == (str(len(examples)),) * 2, result.stdout[-2000:]
     for name in examples:
         assert (html / "auto_examples" / f"{name}.html").is_file()
-    for page in ("index", "user_guide", "api", "online", "auto_examples/index"):
+    for page in ("index", "user_guide", "api", "online", "benchmarks", "auto_examples/index"):
         assert (html / f"{page}.html").is_file()
     # numpydoc renders every parameter of the estimator from its docstring.
     reference = (html / "generated" / "sklearn_selflabel.SelfLabelingClusterer.html").read_text()
@@ -70,6 +73,8 @@ def test_docs_build_with_warnings_as_errors_and_run_every_example(tmp_path):
     shown = re.search(r"(USPS|digits): \d+ images.*?accuracy (\d\.\d+)", montage, re.S)
     assert shown, montage[-2000:]
     assert float(shown.group(2)) >= (0.95 if shown.group(1) == "USPS" else 0.9)
+    # The benchmark page shows the suite's results file.
+    assert "At or above the best classical method on" in (html / "benchmarks.html").read_text()
 
 
 def test_gallery_examples_fit_with_the_default_schedule():
