@@ -142,10 +142,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-epochs",
         type=_positive_int,
         metavar="N",
-        help=(
-            "training epochs (default: 40 from a start that clusters the rows, 60 to 120 "
-            "from a random split, by data size)"
-        ),
+        help="training epochs (default: auto: 40 from a start that clusters the rows; from a "
+        "random split, enough epochs for at least 480 optimizer steps (960 with --image-shape), "
+        "within 60 to 120)",
     )
     fit.add_argument(
         "--random-state",
@@ -157,8 +156,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--n-init",
         type=_positive_int,
         metavar="N",
-        help="fits from different seeds; the best-scored one is kept (default: 2 for small "
-        "image sets, else 1)",
+        help="fits from different seeds; the best-scored one is kept (default: auto: 2 for "
+        "image fits (--image-shape) from a random split of at most 1000 optimizer steps, epochs "
+        "times batches per epoch, else 1)",
     )
     fit.add_argument(
         "--cluster-sizes",
@@ -190,7 +190,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         metavar="N",
-        help=f"mini-batch size (default: {defaults['batch_size']})",
+        help=f"mini-batch size (default: {defaults['batch_size']}: 256)",
     )
     fit.add_argument(
         "--lr", type=float, metavar="RATE", help=f"learning rate (default: {defaults['lr']})"
@@ -198,7 +198,9 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--device",
         metavar="DEVICE",
-        help=f"torch device, e.g. cpu or cuda (default: {defaults['device']}: CUDA if available)",
+        help=f"torch device, e.g. cpu or cuda (default: {defaults['device']}: CUDA when it is "
+        "available and the data holds at least 2,000,000 values, rows times features, else the "
+        "CPU)",
     )
     fit.add_argument(
         "-q", "--quiet", action="store_true", help="print no progress or summary on stderr"

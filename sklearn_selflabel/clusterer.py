@@ -87,9 +87,11 @@ class SelfLabelingClusterer(
     module_params : dict or None, default=None
         Keyword arguments for ``module``. Tune them with ``GridSearchCV`` by listing dicts.
     max_epochs : int or "auto", default="auto"
-        Number of training epochs (passes over the data). ``"auto"``: 40 from a clustering of
-        the rows (``init`` other than ``"random"``); from the random split, enough epochs for at
-        least 480 mini-batch steps (960 with ``image_shape``), between 60 and 120.
+        Number of training epochs (passes over the data). ``"auto"``: 40 from a start that
+        clusters the rows (the start that ``init`` gives, unless it is the random split), which
+        the network refines rather than finds; from SeLa's random split (``init="random"``,
+        ``init="auto"`` on image sets too small for the layout start, and online mode), enough
+        epochs for at least 480 optimizer steps (960 with ``image_shape``), between 60 and 120.
     batch_size : int or "auto", default="auto"
         Mini-batch size for training and the batch size of inference. ``"auto"``: 256 in
         offline mode, 1024 in online mode.
