@@ -14,7 +14,6 @@ from torch import nn
 from ._callbacks import EpochProgress, FiniteLossGuard, LabelsConverged, PropagationRefresh
 from ._checkpoint import EpochEndState
 from ._data import shuffled_batch_loader
-from ._geometry import input_scaling
 from ._net import SelfLabelNet
 from ._settings import NetworkSettings, Settings
 from .augment import ImageAugment, TabularAugment, TermDropout
@@ -22,8 +21,10 @@ from .modules import ConvEncoder, MLPEncoder, MultiHeadClassifier, SelfLabelModu
 
 
 def build_module(network: NetworkSettings, X) -> SelfLabelModule:
-    """The network ``h ∘ Φ`` for the rows ``X``, with their standardisation and views."""
-    mean, scale, _ = input_scaling(X, network.input_kind, network.image_shape)
+    """The network ``h ∘ Φ`` for the rows ``X``, with the standardisation that ``network``
+    resolved for them and its views; ``X`` is not read."""
+    # Copies: loading a state into the module writes its buffers in place.
+    mean, scale = network.input_mean.copy(), network.input_scale.copy()
     return module_for(network, X.shape[1], mean, scale)
 
 

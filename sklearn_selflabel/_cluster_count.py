@@ -12,8 +12,8 @@ links form such regions (McInnes et al. 2018; BERTopic counts topics this way). 
    neighbour graph, in the kind's metric, as the network sees them.
 2. Its layout in ``_LAYOUT_DIMS`` dimensions (``_layout.neighbor_layout``, fewer epochs than
    the start's: the estimate needs the regions, not their fine arrangement).
-3. HDBSCAN of the layout, where a cluster must hold at least ``_MIN_CLUSTER_SHARE`` of the rows
-   (and ``_MIN_CLUSTER_ROWS``). Of the ``k`` clusters it selects, those that hold at least half
+3. HDBSCAN of the layout, where a cluster must hold at least ``_MIN_DENSE_SHARE`` of the rows
+   (and ``_MIN_DENSE_ROWS``). Of the ``k`` clusters it selects, those that hold at least half
    their equal share (half of the clustered rows over ``k``) count: the fit that follows keeps
    every cluster at least that large (``cluster_sizes="estimated"``), so a smaller group
    would not stay a cluster of it. The small groups are mostly a category that the layout
@@ -34,10 +34,10 @@ import torch
 from sklearn.cluster import HDBSCAN
 
 from ._data import chunked_rows
-from ._geometry import input_scaling
+from ._geometry import RowProfile, input_scaling
 from ._layout import (
-    _MIN_CODES,
-    _N_NEIGHBORS,
+    MIN_CODES,
+    N_NEIGHBORS,
     input_neighbor_graph,
     knn_fuzzy_graph,
     neighbor_graph,
@@ -45,17 +45,16 @@ from ._layout import (
 )
 from ._recipes import RECIPES
 
-# The layout's dimensions, and its epochs in one round each: UMAP's for large data sets. The
-# start's 500 epochs (in one round or four) changed the counts of iris, wine, blobs, digits
-# and text by at most two, at 2.5 to 4 times the time; letter's moves with the seed either way.
+# The count's layout: its dimensions, and its epochs in one round each (UMAP's for large data
+# sets); the start's longer layout barely moved the counts (user guide, "Choosing the number
+# of clusters").
 _LAYOUT_DIMS = 10
-_LAYOUT_EPOCHS = 200
-# A cluster holds at least this share of the rows, and this many rows (the graph's neighbours:
-# a smaller group is not a dense region of it). The share sets the resolution where the count
-# depends on it: letter gave 26, 26 and 18 at 0.5% for seeds 0 to 2, and 10, 7 and 3 at 1%
-# (benchmarks/results/n_clusters.md); the other benchmark sets gave the same count at both.
-_MIN_CLUSTER_SHARE = 0.005
-_MIN_CLUSTER_ROWS = _N_NEIGHBORS
+_COUNT_LAYOUT_EPOCHS = 200
+# A dense group holds at least this share of the rows, and this many rows (the graph's
+# neighbours: a smaller group is not a dense region of it); the share sets the resolution
+# where the count depends on it (benchmarks/results/n_clusters.md).
+_MIN_DENSE_SHARE = 0.005
+_MIN_DENSE_ROWS = N_NEIGHBORS
 # The curve: the count at these shares (the estimate's among them).
 _CURVE_SHARES = (0.0025, 0.005, 0.01, 0.02, 0.04)
 # The estimate looks at most at this many rows (a seeded sample of them).
@@ -95,6 +94,7 @@ def estimate_n_clusters(
     seed: int,
     device: torch.device,
     fast_dtype: torch.dtype = torch.float32,
+    profile: RowProfile | None = None,
 ) -> ClusterCount:
     """The number of clusters in ``X`` by HDBSCAN of its neighbour layout (module docstring).
 
@@ -102,7 +102,7 @@ def estimate_n_clusters(
     ----------
     X : {array-like, sparse matrix} of shape (n_samples, n_features)
     kind : str
-        ``"image"`` or the kind of flat rows (``_geometry.detect_kind``).
+        ``"image"`` or the kind of flat rows (``_geometry.RowProfile.kind``).
     image_shape : tuple or None
     max_clusters : int
         The estimate is at most this (and at least 2).
@@ -112,20 +112,26 @@ def estimate_n_clusters(
         Where the autoencoder trains and neighbours are searched.
     fast_dtype : torch.dtype, default=torch.float32
         The autoencoder's training precision.
+    profile : RowProfile or None, default=None
+        The profile of ``X`` (``_geometry.profile_rows``), whose column statistics scale the
+        rows unless a sample of them is taken; None: the rows are profiled here.
     """
     rng = np.random.default_rng(seed)
     n_samples = X.shape[0]
     if n_samples > _MAX_ROWS:
         X = X[np.sort(rng.choice(n_samples, _MAX_ROWS, replace=False))]
         n_samples = _MAX_ROWS
-    mean, scale, normalize_rows = input_scaling(X, kind, image_shape)
+        profile = None  # the sample is scaled by its own statistics
+    mean, scale, normalize_rows = input_scaling(
+        X if profile is None else profile, kind, image_shape
+    )
     metric = RECIPES[kind].metric
     # Kinds whose categories lie on manifolds are linked through an autoencoder's codes.
     if "layout" in RECIPES[kind].starts and not sp.issparse(X):
         mean_, scale_ = torch.from_numpy(mean).to(device), torch.from_numpy(scale).to(device)
         graph = neighbor_graph(
             X,
-            _MIN_CODES,
+            MIN_CODES,
             rng,
             standardize=lambda rows: (rows - mean_) / scale_,
             input_graph=input_neighbor_graph(X, metric, device),
@@ -141,26 +147,33 @@ def estimate_n_clusters(
             if metric == "euclidean" and not normalize_rows:
                 rows = (rows - mean) / scale
             rows = torch.from_numpy(rows).to(device)
-        graph = knn_fuzzy_graph(rows, min(_N_NEIGHBORS, n_samples - 1), metric)
+        graph = knn_fuzzy_graph(rows, min(N_NEIGHBORS, n_samples - 1), metric)
     layout = neighbor_layout(
-        graph, _LAYOUT_DIMS, seed=int(rng.integers(2**31)), n_epochs=_LAYOUT_EPOCHS, n_rounds=1
+        graph,
+        _LAYOUT_DIMS,
+        seed=int(rng.integers(2**31)),
+        n_epochs=_COUNT_LAYOUT_EPOCHS,
+        n_rounds=1,
     )
     return density_count(layout, max_clusters)
 
 
 def density_count(layout: np.ndarray, max_clusters: int) -> ClusterCount:
     """HDBSCAN's number of clusters in ``layout`` at each minimum size of ``_CURVE_SHARES``;
-    the estimate is the count at ``_MIN_CLUSTER_SHARE``, within ``[2, max_clusters]``."""
+    the estimate is the count at ``_MIN_DENSE_SHARE``, within ``[2, max_clusters]``."""
     n_samples = len(layout)
-    share_sizes = [
-        min(n_samples, max(_MIN_CLUSTER_ROWS, round(share * n_samples))) for share in _CURVE_SHARES
-    ]
+    share_sizes = [_min_cluster_size(n_samples, share) for share in _CURVE_SHARES]
     sizes = np.unique(share_sizes)
-    chosen = share_sizes[_CURVE_SHARES.index(_MIN_CLUSTER_SHARE)]
+    chosen = share_sizes[_CURVE_SHARES.index(_MIN_DENSE_SHARE)]
     counts = np.array([_hdbscan_count(layout, int(size)) for size in sizes])
     selected = int(np.flatnonzero(sizes == chosen)[0])
     n_clusters = int(np.clip(counts[selected], 2, max_clusters))
     return ClusterCount(n_clusters, sizes.astype(np.int64), counts.astype(np.int64), selected)
+
+
+def _min_cluster_size(n_samples: int, share: float) -> int:
+    """HDBSCAN's minimum cluster size for ``share`` of a layout of ``n_samples`` rows."""
+    return min(n_samples, max(_MIN_DENSE_ROWS, round(share * n_samples)))
 
 
 def _hdbscan_count(layout: np.ndarray, min_cluster_size: int) -> int:
@@ -179,3 +192,12 @@ def max_clusters_for(n_samples: int, max_clusters: int | None) -> int:
     """The bound on the estimate: ``max_clusters``, and at most a cluster per 2 rows."""
     bound = max(2, n_samples // 2)
     return bound if max_clusters is None else min(max_clusters, bound)
+
+
+def largest_estimate(n_samples: int, max_clusters: int | None) -> int:
+    """The largest number that ``estimate_n_clusters`` can give for ``n_samples`` rows and the
+    estimator's ``max_clusters``: each of HDBSCAN's clusters holds at least the minimum
+    cluster size, so a layout holds at most its rows over that size of them."""
+    n_layout = min(n_samples, _MAX_ROWS)
+    most = n_layout // _min_cluster_size(n_layout, _MIN_DENSE_SHARE)
+    return min(max_clusters_for(n_samples, max_clusters), max(2, most))

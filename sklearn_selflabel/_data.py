@@ -24,9 +24,15 @@ _INPUT_DTYPES = [np.float32, np.float64]
 _LARGEST_INPUT = float(np.finfo(np.float32).max) / 2
 
 
-def check_rows(estimator, X, *, reset: bool, ensure_min_samples: int = 1):
+def check_rows(
+    estimator, X, *, reset: bool, ensure_min_samples: int = 1, check_values: bool = True
+):
     """The estimator's input checks, in one place: ``validate_data`` (out-of-core inputs chunk
     by chunk), and what the network needs besides: numbers only, within float32's range.
+
+    ``check_values=False`` leaves the values unread: those of an out-of-core ``X`` unchecked,
+    and any ``X``'s range, for a caller that profiles the rows next
+    (``_geometry.profile_rows``), which checks them as it reads them.
 
     Raises
     ------
@@ -36,7 +42,9 @@ def check_rows(estimator, X, *, reset: bool, ensure_min_samples: int = 1):
     if hasattr(X, "columns") and hasattr(X, "dtypes"):
         _check_frame_columns(X)
     if is_out_of_core(X):
-        check_out_of_core(X, ensure_min_samples=ensure_min_samples)
+        check_row_layout(X, ensure_min_samples=ensure_min_samples)
+        if check_values:
+            _check_out_of_core_values(X)
         validate_data(estimator, X, skip_check_array=True, reset=reset)
         return X
     try:
@@ -55,7 +63,8 @@ def check_rows(estimator, X, *, reset: bool, ensure_min_samples: int = 1):
                 "categories first, e.g. with TfidfVectorizer or OneHotEncoder in a Pipeline."
             ) from None
         raise
-    _check_magnitude(X.data if sp.issparse(X) else X)
+    if check_values:
+        _check_magnitude(X.data if sp.issparse(X) else X)
     return X
 
 
@@ -82,7 +91,17 @@ def _check_magnitude(values: np.ndarray) -> None:
     if values.dtype.kind != "f" or values.size == 0:
         return
     flat = values.reshape(len(values), -1) if values.ndim > 1 else values.reshape(-1, 1)
-    largest = max(float(np.abs(part).max()) for part in chunked_rows(flat))
+    check_largest_magnitude(max(float(np.abs(part).max()) for part in chunked_rows(flat)))
+
+
+def check_largest_magnitude(largest: float) -> None:
+    """Refuse rows whose largest magnitude, ``largest``, is beyond what the network computes.
+
+    Raises
+    ------
+    ValueError
+        If ``largest`` exceeds half of float32's largest value.
+    """
     if largest > _LARGEST_INPUT:
         raise ValueError(
             f"X holds values of magnitude {largest:.3g}, beyond what the network computes "
@@ -91,37 +110,52 @@ def _check_magnitude(values: np.ndarray) -> None:
         )
 
 
-def chunked_rows(X) -> Iterator[np.ndarray]:
-    """``X`` in consecutive chunks of rows, each a dense array: bounded memory for any input."""
+def chunked_rows(X, *, densify: bool = True) -> Iterator:
+    """``X`` in consecutive chunks of rows, each a dense array (a sparse matrix's chunks stay
+    sparse unless ``densify``): bounded memory for any input."""
     for start in range(0, X.shape[0], _CHUNK_ROWS):
         chunk = X[start : start + _CHUNK_ROWS]
-        yield chunk.toarray() if sp.issparse(chunk) else np.asarray(chunk)
+        if sp.issparse(chunk):
+            yield chunk.toarray() if densify else chunk
+        else:
+            yield np.asarray(chunk)
 
 
-def count_distinct_rows(X, at_least: int) -> int:
-    """Distinct rows of ``X`` as the network sees them (float32), counted until ``at_least``.
+class DistinctRows:
+    """A count of distinct rows as the network sees them (float32), chunk by chunk, that needs
+    no more chunks once ``at_least`` distinct rows are seen.
 
-    Reading stops once ``at_least`` distinct rows are seen, which is the first chunk for
-    almost any data; only degenerate data are read whole.
+    That is the first chunk for almost any data; only degenerate data are read whole. The
+    count is exact while it is below ``at_least``.
     """
-    seen: set[bytes] = set()
-    if sp.issparse(X):  # row by row from the CSR arrays: a dense chunk could be huge
-        for start in range(0, X.shape[0], _CHUNK_ROWS):
-            chunk = sp.csr_matrix(X[start : start + _CHUNK_ROWS], dtype=np.float32, copy=True)
+
+    def __init__(self, at_least: int) -> None:
+        self.at_least = at_least
+        self._seen: set[bytes] = set()
+
+    @property
+    def count(self) -> int:
+        """The distinct rows seen so far."""
+        return len(self._seen)
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether fewer than ``at_least`` distinct rows are seen yet."""
+        return len(self._seen) < self.at_least
+
+    def add(self, chunk) -> None:
+        """Count the rows of ``chunk``: a dense array, or a sparse matrix (read row by row from
+        its CSR arrays, since a dense chunk could be huge)."""
+        if sp.issparse(chunk):
+            chunk = sp.csr_matrix(chunk, dtype=np.float32, copy=True)
             chunk.sum_duplicates()  # canonical: sorted indices, no index twice
             chunk.eliminate_zeros()
             for lo, hi in zip(chunk.indptr[:-1], chunk.indptr[1:], strict=True):
-                seen.add(chunk.indices[lo:hi].tobytes() + chunk.data[lo:hi].tobytes())
-            if len(seen) >= at_least:
-                break
-        return len(seen)
-    for start in range(0, X.shape[0], _CHUNK_ROWS):
-        rows = dense_rows(X, start, start + _CHUNK_ROWS) + np.float32(0.0)  # -0.0 is 0.0
+                self._seen.add(chunk.indices[lo:hi].tobytes() + chunk.data[lo:hi].tobytes())
+            return
+        rows = np.ascontiguousarray(chunk, dtype=np.float32) + np.float32(0.0)  # -0.0 is 0.0
         as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1])))
-        seen.update(np.unique(as_bytes.ravel()).tolist())
-        if len(seen) >= at_least:
-            break
-    return len(seen)
+        self._seen.update(np.unique(as_bytes.ravel()).tolist())
 
 
 def dense_rows(X, start: int | None = None, stop: int | None = None, index=None) -> np.ndarray:
@@ -224,41 +258,68 @@ def check_row_layout(X, *, ensure_min_samples: int | None = 1, n_features: int |
         raise ValueError(f"X must hold real numbers, got dtype {X.dtype}.")
 
 
-def check_out_of_core(X, *, ensure_min_samples: int = 1) -> None:
-    """Check an out-of-core ``X`` as ``check_array`` would, reading one chunk at a time.
+def _check_out_of_core_values(X) -> None:
+    """Check the values of an out-of-core ``X`` as ``check_array`` would, one chunk at a time.
 
     Raises
     ------
     ValueError
-        As ``check_row_layout``, or if a value is NaN, infinite or beyond float32's range.
+        If a value is NaN, infinite or beyond float32's range.
     """
-    check_row_layout(X, ensure_min_samples=ensure_min_samples)
     if X.dtype.kind == "f":
         for chunk in chunked_rows(X):
-            chunk = np.asarray(chunk)
-            if not np.isfinite(chunk).all():
-                raise ValueError("Input X contains NaN or infinity.")
+            check_finite(chunk)
             _check_magnitude(chunk.astype(np.float64, copy=False))
 
 
-def column_mean_and_variance(X) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and variance of a dense ``X`` in float64, one chunk of rows at a time.
+def check_finite(chunk: np.ndarray) -> None:
+    """Refuse a chunk of rows that holds NaN or an infinity, as ``check_array`` would.
+
+    Raises
+    ------
+    ValueError
+        If a value of ``chunk`` is NaN or infinite.
+    """
+    if not np.isfinite(chunk).all():
+        raise ValueError("Input X contains NaN or infinity.")
+
+
+class ColumnMoments:
+    """Per-column mean and variance in float64, merged one dense chunk of rows at a time.
 
     Chunks are merged with Chan et al.'s pairwise update, which is as accurate as a two-pass
     computation and needs no full-size temporary (``X.var`` makes one of ``X``'s size).
     """
-    n_seen, mean, sum_sq = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for start in range(0, X.shape[0], _CHUNK_ROWS):
-        chunk = np.asarray(X[start : start + _CHUNK_ROWS], dtype=np.float64)
+
+    def __init__(self, n_features: int) -> None:
+        self.n_seen = 0
+        self.mean = np.zeros(n_features)
+        self.sum_sq = np.zeros(n_features)
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Merge the rows of ``chunk``, a float64 array, into the moments."""
         n_chunk = chunk.shape[0]
         chunk_mean = chunk.mean(axis=0)
         chunk_sum_sq = ((chunk - chunk_mean) ** 2).sum(axis=0)
-        delta = chunk_mean - mean
-        n_total = n_seen + n_chunk
-        mean = mean + delta * (n_chunk / n_total)
-        sum_sq = sum_sq + chunk_sum_sq + delta**2 * (n_seen * n_chunk / n_total)
-        n_seen = n_total
-    return mean, sum_sq / n_seen
+        delta = chunk_mean - self.mean
+        n_total = self.n_seen + n_chunk
+        self.mean = self.mean + delta * (n_chunk / n_total)
+        self.sum_sq = self.sum_sq + chunk_sum_sq + delta**2 * (self.n_seen * n_chunk / n_total)
+        self.n_seen = n_total
+
+    @property
+    def variance(self) -> np.ndarray:
+        """The (population) variance of the rows merged so far."""
+        return self.sum_sq / self.n_seen
+
+
+def column_mean_and_variance(X) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and variance of a dense ``X`` in float64, one chunk of rows at a time
+    (``ColumnMoments``)."""
+    moments = ColumnMoments(X.shape[1])
+    for chunk in chunked_rows(X):
+        moments.add(np.asarray(chunk, dtype=np.float64))
+    return moments.mean, moments.variance
 
 
 def feature_mean_and_scale(

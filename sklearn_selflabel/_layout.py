@@ -61,9 +61,9 @@ _START_AUTOENCODER_PASSES = 50
 # Rows per batch of the pass that computes the codes, which bounds that pass's memory.
 _CODES_BATCH = 4096
 # The codes have n_clusters dimensions, as in N2D, and at least this many.
-_MIN_CODES = 10
+MIN_CODES = 10
 # Neighbours of each row in both graphs (UMAP's default).
-_N_NEIGHBORS = 15
+N_NEIGHBORS = 15
 # UMAP's kernel 1 / (1 + a d^(2b)) for min_dist=0, spread=1, and its negative samples per link.
 _KERNEL_A = 1.929
 _KERNEL_B = 0.7915
@@ -125,7 +125,7 @@ def layout_labels(
     rng = np.random.default_rng(seed)
     graph = neighbor_graph(
         X,
-        max(n_clusters, _MIN_CODES),
+        max(n_clusters, MIN_CODES),
         rng,
         standardize=standardize,
         input_graph=input_graph,
@@ -142,9 +142,9 @@ def layout_labels(
 
 def input_neighbor_graph(X, metric: str, device: torch.device) -> sp.csr_matrix:
     """The fuzzy graph (``fuzzy_neighbor_graph``) of each dense row of ``X``'s
-    ``_N_NEIGHBORS`` nearest neighbours among the rows, in ``metric``."""
+    ``N_NEIGHBORS`` nearest neighbours among the rows, in ``metric``."""
     rows = torch.from_numpy(np.vstack(list(chunked_rows(X)))).float().to(device)
-    return knn_fuzzy_graph(rows, min(_N_NEIGHBORS, X.shape[0] - 1), metric)
+    return knn_fuzzy_graph(rows, min(N_NEIGHBORS, X.shape[0] - 1), metric)
 
 
 def neighbor_graph(
@@ -161,7 +161,7 @@ def neighbor_graph(
     """The fuzzy intersection of the neighbour graphs of the autoencoder's codes (``n_codes``
     of them; the autoencoder's weights and batches seeded from ``rng``, at most ``max_passes``
     passes over the rows) and of the input rows (``input_graph``), as in ``layout_labels``."""
-    n_neighbors = min(_N_NEIGHBORS, X.shape[0] - 1)
+    n_neighbors = min(N_NEIGHBORS, X.shape[0] - 1)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(rng.integers(2**31)))  # the autoencoder's weights
         codes = autoencoder_codes(

@@ -227,6 +227,9 @@ def _params_from_dict(params: dict, trusted: set[str]) -> dict:
 
 def _settings_to_dict(settings: Settings) -> dict:
     network = dataclasses.asdict(settings.network)
+    # The module's buffers hold the input standardization; a loaded model is not rebuilt
+    # from these settings.
+    del network["input_mean"], network["input_scale"]
     if settings.network.module is not None:
         network["module"] = _class_path(settings.network.module)
     return {

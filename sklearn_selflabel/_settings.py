@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Any
 
@@ -19,9 +19,13 @@ import scipy.sparse as sp
 import torch
 from sklearn.utils import check_random_state
 
-from ._cluster_count import ClusterCount, estimate_n_clusters, max_clusters_for
-from ._data import count_distinct_rows
-from ._geometry import detect_kind
+from ._cluster_count import (
+    ClusterCount,
+    estimate_n_clusters,
+    largest_estimate,
+    max_clusters_for,
+)
+from ._geometry import RowProfile, input_scaling, profile_rows
 from ._label_mode import LabelMode
 from ._offline import OfflineLabels
 from ._online import OnlineLabels
@@ -61,6 +65,11 @@ class NetworkSettings:
     # "image" with image_shape, else the kind of flat rows (see _geometry)
     input_kind: str
     augment_strength: float
+    # The standardization of the input rows (_geometry.input_scaling), float32 of shape
+    # (n_features,), resolved once for every network of the fit; None in a loaded model's
+    # settings, whose module holds it.
+    input_mean: np.ndarray | None = field(default=None, compare=False, repr=False)
+    input_scale: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def sparse_batches(self) -> bool:
@@ -127,9 +136,22 @@ class Settings:
         }
 
 
-def estimated_cluster_count(estimator, X) -> ClusterCount | None:
+def row_profile(estimator, X) -> RowProfile:
+    """The ``RowProfile`` of the rows ``X`` of ``estimator.fit(X)``: their kind (named by the
+    parameters or detected), their column statistics, and their distinct rows counted up to
+    the most clusters the fit may have (the largest estimate with ``n_clusters="auto"``)."""
+    est = estimator
+    if est.n_clusters == "auto":
+        at_least = largest_estimate(X.shape[0], est.max_clusters)
+    else:
+        at_least = est.n_clusters
+    return profile_rows(X, kind=_named_kind(est), at_least=at_least)
+
+
+def estimated_cluster_count(estimator, X, profile: RowProfile) -> ClusterCount | None:
     """With ``n_clusters="auto"``, the number of clusters in the rows ``X`` of a ``fit`` and
-    its curve (``_cluster_count``); None when ``n_clusters`` is a number.
+    its curve (``_cluster_count``); None when ``n_clusters`` is a number. ``profile`` is the
+    ``row_profile`` of ``X``.
 
     Raises
     ------
@@ -150,7 +172,7 @@ def estimated_cluster_count(estimator, X) -> ClusterCount | None:
             "their own share of the rows could estimate different numbers. Give n_clusters "
             "a number."
         )
-    image_shape, kind = _image_shape_and_kind(est, X)
+    image_shape, kind = _image_shape_and_kind(est, profile)
     device = resolve_device(est.device, X.shape)
     # A seed of its own, so that the fit draws what a fit with the estimated number would.
     seed = int(np.random.default_rng([_seed_from(est.random_state), 1]).integers(2**31))
@@ -162,6 +184,7 @@ def estimated_cluster_count(estimator, X) -> ClusterCount | None:
         seed=seed,
         device=device,
         fast_dtype=torch.bfloat16 if native_bfloat16(device) else torch.float32,
+        profile=profile,
     )
 
 
@@ -169,14 +192,17 @@ def resolve_settings(
     estimator,
     X,
     *,
+    profile: RowProfile | None = None,
     n_clusters: int | None = None,
     chunk: bool = False,
     trained_on: str | None = None,
 ) -> Settings:
     """The ``Settings`` of ``estimator.fit(X)``, or with ``chunk`` of ``partial_fit(X)``.
 
-    ``n_clusters`` is the number that ``n_clusters="auto"`` estimated (None: the estimator's
-    own). ``trained_on`` is the device of the network that a ``partial_fit`` call continues.
+    ``profile`` is the ``row_profile`` of ``X`` (None: ``X`` is profiled here, its distinct
+    rows counted up to the number of clusters). ``n_clusters`` is the number that
+    ``n_clusters="auto"`` estimated (None: the estimator's own). ``trained_on`` is the device
+    of the network that a ``partial_fit`` call continues.
 
     Raises
     ------
@@ -195,16 +221,17 @@ def resolve_settings(
         n_clusters = est.n_clusters
     if n_clusters > n_samples:
         raise ValueError(f"n_samples={n_samples} should be >= n_clusters={n_clusters}.")
-    n_distinct = count_distinct_rows(X, at_least=n_clusters)
-    if n_distinct < n_clusters:
+    if profile is None:
+        profile = profile_rows(X, kind=_named_kind(est), at_least=n_clusters)
+    if profile.n_distinct < n_clusters:
         raise ValueError(
-            f"X holds only {n_distinct} distinct row(s), fewer than n_clusters="
+            f"X holds only {profile.n_distinct} distinct row(s), fewer than n_clusters="
             f"{n_clusters}: no clustering can put them in {n_clusters} clusters."
         )
     if chunk and est.accelerator is not None:
         raise ValueError("partial_fit does not support an accelerator; use fit.")
     online = est.label_mode == "online"
-    image_shape, kind = _image_shape_and_kind(est, X)
+    image_shape, kind = _image_shape_and_kind(est, profile)
     recipe = RECIPES[kind]
     starts = _checked_init(est.init, X, online=online, chunk=chunk)
     if online or chunk:
@@ -219,10 +246,10 @@ def resolve_settings(
     if recipe.views == "neighbors":
         augment_strength = 0.0
     elif starts == ("mixture",) and recipe.views == "noise":
-        # Noise of 0.5 standard deviations blurred the boundaries of the start (iris: 0.86,
-        # against 0.96 at 0.25), so noise views from a mixture start are half as strong.
+        # Full-strength noise blurs the boundaries of the start (user guide, "Flat rows").
         augment_strength /= 2
     batch_size = (1024 if online else 256) if est.batch_size == "auto" else est.batch_size
+    input_mean, input_scale, _ = input_scaling(profile, kind, image_shape)
     labels: LabelMode
     if online:
         labels = OnlineLabels(
@@ -261,6 +288,8 @@ def resolve_settings(
         image_shape=image_shape,
         input_kind=kind,
         augment_strength=augment_strength,
+        input_mean=input_mean,
+        input_scale=input_scale,
     )
     propagation = None
     if not online and (recipe.propagation if est.propagation == "auto" else est.propagation):
@@ -313,8 +342,7 @@ def resolve_settings(
     mixed_precision = est.mixed_precision
     if mixed_precision == "auto":
         # The layout start's autoencoder and the network that learns its labels are wide
-        # fully connected layers: bfloat16 made MNIST-test's fit from it 1.3x faster, with
-        # the same ACC over 4 seeds (digits, USPS).
+        # fully connected layers, which bfloat16 speeds up (user guide, "Using a GPU").
         mixed_precision = (image_shape is not None or "layout" in starts) and native_bfloat16(
             device
         )
@@ -383,13 +411,16 @@ def _checked_hidden_layer_sizes(hidden_layer_sizes) -> tuple[int, ...]:
     return tuple(int(s) for s in sizes)
 
 
-def _image_shape_and_kind(est, X) -> tuple[tuple[int, int, int] | None, str]:
+def _named_kind(est) -> str:
+    """The kind of rows that the parameters name: ``"image"`` with an image shape, else
+    ``input_kind`` (``"auto"``: to be detected from the rows)."""
+    return "image" if est.image_shape is not None else est.input_kind
+
+
+def _image_shape_and_kind(est, profile: RowProfile) -> tuple[tuple[int, int, int] | None, str]:
     """The checked ``image_shape``, and the kind of rows: ``"image"`` with an image shape,
-    else ``input_kind`` (detected from the rows when ``"auto"``)."""
-    image_shape = _checked_image_shape(est.image_shape, X.shape[1])
-    if image_shape is not None:
-        return image_shape, "image"
-    return None, detect_kind(X) if est.input_kind == "auto" else est.input_kind
+    else ``input_kind`` (detected from the rows when ``"auto"``), as ``profile`` holds it."""
+    return _checked_image_shape(est.image_shape, profile.n_features), profile.kind
 
 
 def _checked_image_shape(image_shape, n_features: int) -> tuple[int, int, int] | None:

@@ -33,7 +33,7 @@ from ._dask import is_dask_array, map_row_blocks
 from ._data import check_rows
 from ._inference import METHODS, information_score, method_outputs
 from ._persistence import save_model
-from ._settings import estimated_cluster_count, resolve_settings
+from ._settings import estimated_cluster_count, resolve_settings, row_profile
 from ._training import FittedModel, Interruption, fit_initializations, train_chunk
 
 
@@ -492,10 +492,13 @@ class SelfLabelingClusterer(
             The fitted estimator.
         """
         with self._unchanged_on_failure():
-            X = self._check_rows(X, reset=True, ensure_min_samples=2)
-            count = estimated_cluster_count(self, X)
+            # The values are checked by the one pass that profiles the rows.
+            X = self._check_rows(X, reset=True, ensure_min_samples=2, check_values=False)
+            profile = row_profile(self, X)
+            count = estimated_cluster_count(self, X, profile)
             n_clusters = self.n_clusters if count is None else count.n_clusters
-            result = fit_initializations(resolve_settings(self, X, n_clusters=n_clusters), X)
+            settings = resolve_settings(self, X, profile=profile, n_clusters=n_clusters)
+            result = fit_initializations(settings, X)
             self._set_fitted(result.model)
             self.init_scores_ = result.init_scores
             self.n_clusters_curve_ = None if count is None else count.as_dict()
@@ -539,7 +542,10 @@ class SelfLabelingClusterer(
         """
         with self._unchanged_on_failure():
             previous = getattr(self, "net_", None)
-            X = self._check_rows(X, reset=previous is None, ensure_min_samples=2)
+            # The values are checked by resolve_settings, as it profiles the rows.
+            X = self._check_rows(
+                X, reset=previous is None, ensure_min_samples=2, check_values=False
+            )
             trained_on = None if previous is None else self.device_
             # A model fitted with n_clusters="auto" continues with the number it estimated.
             estimated = previous is not None and self.n_clusters == "auto"
@@ -568,8 +574,16 @@ class SelfLabelingClusterer(
     def _set_fitted(self, model: FittedModel) -> None:
         vars(self).update(model.attributes())
 
-    def _check_rows(self, X, *, reset: bool, ensure_min_samples: int = 1):
-        return check_rows(self, X, reset=reset, ensure_min_samples=ensure_min_samples)
+    def _check_rows(
+        self, X, *, reset: bool, ensure_min_samples: int = 1, check_values: bool = True
+    ):
+        return check_rows(
+            self,
+            X,
+            reset=reset,
+            ensure_min_samples=ensure_min_samples,
+            check_values=check_values,
+        )
 
     # ------------------------------------------------------------ inference
 

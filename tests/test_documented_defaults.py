@@ -165,7 +165,7 @@ def stated(*values: float) -> list[float]:
 # says; a parameter without an entry states no figure.
 FIGURES: dict[str, Callable[[], list[float]]] = {
     # "each of at least 0.5% of the rows and half its equal share"
-    "n_clusters": lambda: [_cluster_count._MIN_CLUSTER_SHARE, _cluster_count._MIN_COUNTED_SHARE],
+    "n_clusters": lambda: [_cluster_count._MIN_DENSE_SHARE, _cluster_count._MIN_COUNTED_SHARE],
     # "None: half the number of rows"
     "max_clusters": lambda: [_cluster_count.max_clusters_for(1000, None) / 1000],
     # "auto": epochs from a start; from the random split, the steps of flat rows and images
