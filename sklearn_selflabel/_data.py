@@ -313,15 +313,6 @@ class ColumnMoments:
         return self.sum_sq / self.n_seen
 
 
-def column_mean_and_variance(X) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and variance of a dense ``X`` in float64, one chunk of rows at a time
-    (``ColumnMoments``)."""
-    moments = ColumnMoments(X.shape[1])
-    for chunk in chunked_rows(X):
-        moments.add(np.asarray(chunk, dtype=np.float64))
-    return moments.mean, moments.variance
-
-
 def feature_mean_and_scale(
     mean: np.ndarray, var: np.ndarray, image_shape=None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -17,9 +17,9 @@ from sklearn.datasets import make_blobs
 from sklearn_selflabel import SelfLabelingClusterer, _data, clustering_accuracy
 from sklearn_selflabel._data import (
     ShuffledBatches,
-    column_mean_and_variance,
     is_out_of_core,
 )
+from sklearn_selflabel._geometry import profile_rows
 from sklearn_selflabel._online import QueuedSinkhorn, all_reduce_sum
 
 
@@ -262,7 +262,8 @@ def test_out_of_core_input_is_checked_chunk_by_chunk(blobs, tmp_path):
 
 def test_column_statistics_are_exact_across_chunks():
     X = np.random.default_rng(0).normal(3.0, 2.0, size=(20_000, 3)).astype(np.float32)
-    mean, var = column_mean_and_variance(X)
+    profile = profile_rows(X)
+    mean, var = profile.mean, profile.variance
     np.testing.assert_allclose(mean, X.astype(np.float64).mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(var, X.astype(np.float64).var(axis=0), rtol=1e-10)
 
