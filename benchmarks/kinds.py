@@ -32,7 +32,7 @@ from sklearn.preprocessing import StandardScaler, normalize
 from suite_data import UCI
 
 from sklearn_selflabel import SelfLabelingClusterer, clustering_accuracy
-from sklearn_selflabel._geometry import detect_kind
+from sklearn_selflabel._geometry import profile_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SKLEARN = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_cancer}
@@ -105,7 +105,7 @@ def main() -> None:
         "|---|---|---:|---:|---:|",
     ]
     for name, X, y in tables(args.data_dir):
-        kind = detect_kind(X)
+        kind = profile_rows(X).kind
         wide = "nonnegative" if X.min() >= 0 else "embedding"
         ours, _ = mean_acc(X, y, seeds)
         forced, _ = mean_acc(X, y, seeds, input_kind=wide)
@@ -124,7 +124,8 @@ def main() -> None:
         ours, seconds = mean_acc(X, y, seeds)
         table, _ = mean_acc(X, y, seeds, input_kind="tabular")
         km = kmeans_acc(X, y, seeds, standardize=False)
-        row = f"| {name} | {detect_kind(X)} | {ours:.3f} | {table:.3f} | {km:.3f} | {seconds:.1f} |"
+        kind = profile_rows(X).kind
+        row = f"| {name} | {kind} | {ours:.3f} | {table:.3f} | {km:.3f} | {seconds:.1f} |"
         print(row, flush=True)
         lines.append(row)
     args.output.write_text("\n".join(lines) + "\n")

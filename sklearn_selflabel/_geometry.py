@@ -168,12 +168,6 @@ def _sparse_profile(X, kind: str, at_least: int) -> RowProfile:
     )
 
 
-def detect_kind(X) -> str:
-    """The kind of the flat rows ``X`` (see the module's docstring), for a caller that has no
-    ``RowProfile`` of them."""
-    return profile_rows(X).kind
-
-
 def _centered_on_a_common_scale(mean: np.ndarray, variance: np.ndarray) -> bool:
     """Whether every feature's mean is within half its standard deviation of zero and the
     standard deviations are on a common range: coordinates (PCA's, standardised columns)."""
